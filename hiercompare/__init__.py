@@ -1,0 +1,23 @@
+"""hiercompare: fit one hierarchical model on many backends and see where they agree.
+
+Public API: :func:`simulate`, :func:`fit`, :func:`compare`, :func:`recovery`, :class:`ModelSpec`,
+:class:`Scenario`, :func:`backends`. Heavy libraries are imported by the backends that need them.
+"""
+from ._version import __version__
+from .agreement import compare
+from .backends import available_backends, backends
+from .errors import (BackendError, BackendUnavailable, ConvergenceWarning, DataError, HierCompareError,
+                     NestingError, SpecError)
+from .fitting import fit
+from .hierarchy import Hierarchy
+from .recovery import recovery
+from .results import Fit, Truth
+from .simulate import LevelScenario, Scenario, simulate
+from .spec import ModelSpec
+
+__all__ = [
+    "__version__", "simulate", "fit", "compare", "recovery", "backends", "available_backends",
+    "ModelSpec", "Scenario", "LevelScenario", "Hierarchy", "Fit", "Truth",
+    "HierCompareError", "SpecError", "DataError", "NestingError", "BackendUnavailable", "BackendError",
+    "ConvergenceWarning",
+]

@@ -1,0 +1,49 @@
+"""Backend registry: a name maps to a class; heavy libraries are imported inside each backend module.
+
+Adding a backend is one entry in ``REGISTRY`` and one module with a :class:`~hiercompare.backends.base.Backend`
+subclass.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..errors import BackendUnavailable, SpecError
+from .base import Backend
+
+REGISTRY: dict[str, str] = {
+    "ols": "hiercompare.backends.ols:OLSBackend",
+    "r_lm": "hiercompare.backends.r_lm:RLmBackend",
+    "mixedlm": "hiercompare.backends.mixedlm:MixedLMBackend",
+    "lme4": "hiercompare.backends.lme4:Lme4Backend",
+}
+
+
+def get_backend(name: str) -> Backend:
+    """The backend instance for ``name``; raises BackendUnavailable if it cannot run here."""
+    if name not in REGISTRY:
+        raise SpecError(f"unknown backend {name!r}; registered backends are {sorted(REGISTRY)}")
+    module, cls = REGISTRY[name].split(":")
+    backend = getattr(importlib.import_module(module), cls)()
+    ok, reason = backend.availability()
+    if not ok:
+        raise BackendUnavailable(f"{name}: {reason}")
+    return backend
+
+
+def backends() -> dict[str, dict]:
+    """Every registered backend with whether it can run here and, if not, why."""
+    out = {}
+    for name, target in REGISTRY.items():
+        module, cls = target.split(":")
+        backend = getattr(importlib.import_module(module), cls)()
+        ok, reason = backend.availability()
+        out[name] = {"available": ok, "reason": reason, "description": backend.description,
+                     "families": list(backend.families)}
+    return out
+
+
+def available_backends() -> list[str]:
+    return [n for n, info in backends().items() if info["available"]]
+
+
+__all__ = ["Backend", "REGISTRY", "get_backend", "backends", "available_backends"]

@@ -1,0 +1,41 @@
+"""What a backend is: availability, what it can fit, and fit(ModelData) -> Fit."""
+from __future__ import annotations
+
+import importlib
+
+from ..design import ModelData
+from ..errors import SpecError
+from ..results import Fit
+from ..spec import ModelSpec
+
+
+class Backend:
+    """Base class. Subclasses set ``name``, ``families``, ``description`` and implement ``fit``."""
+
+    name: str = ""
+    families: tuple[str, ...] = ("gaussian",)
+    description: str = ""
+    requires: tuple[str, ...] = ()  # python modules needed
+    install_hint: str = "run `make install`"
+
+    def availability(self) -> tuple[bool, str]:
+        for mod in self.requires:
+            try:
+                importlib.import_module(mod)
+            except Exception as exc:  # ImportError or a broken install
+                return False, f"python module {mod!r} cannot be imported ({exc}); {self.install_hint}"
+        return True, ""
+
+    def check(self, spec: ModelSpec) -> None:
+        """Raise SpecError if this backend cannot fit ``spec`` exactly as written."""
+        if spec.family not in self.families:
+            raise SpecError(
+                f"backend {self.name!r} fits families {list(self.families)}, not {spec.family!r}; "
+                "use lme4 for binomial or poisson outcomes"
+            )
+
+    def fit(self, md: ModelData, **options) -> Fit:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def versions(self) -> dict[str, str]:
+        return {}

@@ -1,0 +1,106 @@
+"""``lme4``: R's lmer/glmer through rpy2 (r_scripts/fit_lme4.R).
+
+Fixed effects come with Wald 95% intervals from ``vcov``; ran_vals are ``ranef(condVar = TRUE)`` with
+conditional SDs and +-1.96 SD intervals; ran_pars are ``VarCorr`` (SDs and correlations; no standard errors,
+as in broom.mixed). Singular fits and lme4's convergence messages go into ``diagnostics``.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+
+from .. import rbridge
+from ..design import ModelData
+from ..errors import BackendError, ConvergenceWarning, SpecError
+from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame
+from .base import Backend
+
+Z95 = 1.959963984540054
+OPTIMIZERS = ("nloptwrap", "bobyqa", "Nelder_Mead")
+
+
+class Lme4Backend(Backend):
+    name = "lme4"
+    families = ("gaussian", "binomial", "poisson")
+    description = "R lme4 (lmer / glmer) through rpy2"
+
+    def availability(self):
+        return rbridge.availability(("lme4",))
+
+    def fit(self, md: ModelData, method: str = "REML", optimizer: str = "nloptwrap", **options) -> Fit:
+        if options:
+            raise TypeError(f"lme4 options are method and optimizer; got {sorted(options)}")
+        method = method.upper()
+        if method not in ("REML", "ML"):
+            raise SpecError(f"method must be 'REML' or 'ML', got {method!r}")
+        if optimizer not in OPTIMIZERS:
+            raise SpecError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if md.spec.family != "gaussian" and method == "REML":
+            method = "ML"  # glmer maximises the (Laplace) likelihood; REML does not apply
+        spec = md.spec
+        factors = {v: None for v in spec.grouping_variables}
+        for t in spec.fixed:
+            v = t.variables[0]
+            if v in md.categories:
+                factors[v] = md.categories[v]
+        frame = md.data[list(spec.variables)]
+        rdf = rbridge.dataframe(frame, factors)
+        out = rbridge.call("fit_lme4.R", "hc_fit_lme4", rdf, rbridge.r_formula(spec), spec.family,
+                           method == "REML", optimizer)
+        table = self._tidy(md, out)
+        conv = list(out.get("conv_messages") or [])
+        msgs = list(out.get("messages") or [])
+        warns = list(out.get("warnings") or [])
+        singular = bool(out["singular"])
+        converged = not conv and out.get("optimizer_code", 0) == 0
+        if not converged:
+            warnings.warn(f"lme4 did not converge cleanly: {conv}", ConvergenceWarning, stacklevel=2)
+        return Fit(
+            backend=self.name, spec=spec, table=table, model=md, loglik=float(out["loglik"]),
+            method=method if spec.family == "gaussian" else "ML (Laplace)", nobs=int(out["nobs"]),
+            diagnostics={"converged": converged, "singular": singular, "warnings": warns + msgs,
+                         "convergence_messages": conv, "optimizer": optimizer},
+        )
+
+    def _tidy(self, md: ModelData, out: dict):
+        names = out["fixef_names"]
+        p = len(names)
+        r_to_ours = {c.r_name: c.name for c in md.columns}
+        missing = [n for n in names if n not in r_to_ours]
+        if missing or p != len(md.columns):
+            raise BackendError(
+                f"lme4 returned fixed effects {names}, which do not match the design {md.fixed_names}"
+            )
+        est = np.asarray(out["fixef"], dtype=float)
+        se = np.sqrt(np.diag(np.asarray(out["vcov"], dtype=float).reshape(p, p)))
+        rows = [dict(effect="fixed", term=r_to_ours[n], estimate=b, std_error=s, conf_low=b - Z95 * s,
+                     conf_high=b + Z95 * s) for n, b, s in zip(names, est, se)]
+        groups = set(md.hierarchy.groups)
+        vc = out["varcorr"]
+        for grp, v1, v2, val in zip(vc["grp"], vc["var1"], vc["var2"], vc["sdcor"]):
+            if grp == RESIDUAL:
+                rows.append(dict(effect="ran_pars", group=RESIDUAL, term=sd_term("Observation"), estimate=val))
+                continue
+            grp = _base_group(grp, groups)
+            term = sd_term(v1) if v2 is None else cor_term(v1, v2)
+            rows.append(dict(effect="ran_pars", group=grp, term=term, estimate=val))
+        re_ = out["ranef"]
+        for gv, term, lab, val, sd in zip(re_["grpvar"], re_["term"], re_["grp"], re_["condval"], re_["condsd"]):
+            rows.append(dict(effect="ran_vals", group=_base_group(gv, groups), level=lab, term=term, estimate=val,
+                             std_error=sd, conf_low=val - Z95 * sd, conf_high=val + Z95 * sd))
+        return tidy_frame(rows)
+
+    def versions(self):
+        return rbridge.versions(("lme4", "Matrix"))
+
+
+def _base_group(name: str, groups: set[str]) -> str:
+    """lme4 names the extra blocks of ``(1 + x || g)`` ``g.1``, ``g.2``; map them back to ``g``."""
+    if name in groups:
+        return name
+    base = re.sub(r"\.\d+$", "", name)
+    if base in groups:
+        return base
+    raise BackendError(f"lme4 returned an unknown grouping factor {name!r} (expected one of {sorted(groups)})")

@@ -1,0 +1,35 @@
+"""``r_lm``: the same sum-to-zero dummy design as ``ols``, fitted by R's lm through rpy2 (cross-language check)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import rbridge
+from ..design import ModelData
+from ..results import Fit
+from . import dummies
+from .base import Backend
+
+
+class RLmBackend(Backend):
+    name = "r_lm"
+    description = "R lm() on the ols design matrix, through rpy2"
+
+    def availability(self):
+        return rbridge.availability(("stats",))
+
+    def fit(self, md: ModelData, **options) -> Fit:
+        if options:
+            raise TypeError(f"r_lm takes no options, got {sorted(options)}")
+        dd = dummies.build(md)
+        out = rbridge.call("fit_lm.R", "hc_fit_lm", rbridge.matrix(dd.D), rbridge.floats(md.y))
+        coef = np.asarray(out["coef"], dtype=float)
+        vcov = np.asarray(out["vcov"], dtype=float).reshape(len(coef), len(coef))
+        table = dummies.tidy_rows(md, dd, coef, vcov, float(out["sigma"]), float(out["df_residual"]))
+        return Fit(
+            backend=self.name, spec=md.spec, table=table, model=md, loglik=float(out["loglik"]), method="OLS",
+            nobs=md.n, diagnostics={"converged": True, "singular": False, "notes": dd.notes,
+                                    "warnings": out.get("warnings", []), "df_resid": float(out["df_residual"])},
+        )
+
+    def versions(self):
+        return rbridge.versions(("stats",))

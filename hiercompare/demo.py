@@ -1,0 +1,132 @@
+"""The main job: simulate the default scenario, fit every available backend, compare, write the report."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ._version import __version__
+from .agreement import compare, summary
+from .backends import REGISTRY, backends as backend_info
+from .errors import HierCompareError
+from .fitting import fit
+from .recovery import recovery
+from .results import _json_default
+from .simulate import Scenario, simulate
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def run_demo(
+    out_dir: str | Path = "demo_out",
+    scenario: Scenario | None = None,
+    seed: int = 123,
+    backends: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Simulate, fit each backend, compare and report. Writes ``report.html`` and ``results.json``.
+
+    Returns the results dictionary (also what ``results.json`` holds).
+    """
+    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    sc = scenario or Scenario()
+    formula = sc.formula()
+    say(f"simulating scenario {sc.name!r} (seed {seed}) ...")
+    data, truth = simulate(sc, seed=seed)
+    say(f"  {len(data)} rows; formula: {formula}")
+    names = backends or list(REGISTRY)
+    info = backend_info()
+    fits, skipped, timings = [], [], []
+    for i, name in enumerate(names, 1):
+        if name not in info:
+            raise HierCompareError(f"unknown backend {name!r}; registered: {sorted(info)}")
+        if not info[name]["available"]:
+            say(f"[{i}/{len(names)}] {name}: skipped ({info[name]['reason']})")
+            skipped.append({"backend": name, "reason": info[name]["reason"]})
+            timings.append({"backend": name, "status": "unavailable"})
+            continue
+        if sc.family not in info[name]["families"]:
+            reason = f"fits families {info[name]['families']}, not {sc.family}"
+            say(f"[{i}/{len(names)}] {name}: not applicable ({reason})")
+            skipped.append({"backend": name, "reason": reason})
+            timings.append({"backend": name, "status": "not applicable"})
+            continue
+        say(f"[{i}/{len(names)}] fitting {name} ...")
+        try:
+            f = fit(data, formula, backend=name, family=sc.family, seed=seed)
+        except HierCompareError as exc:
+            skipped.append({"backend": name, "reason": f"failed: {exc}"})
+            timings.append({"backend": name, "status": "failed"})
+            say(f"    FAILED: {exc}")
+            continue
+        fits.append(f)
+        timings.append({"backend": name, "status": "ok", **f.timing})
+        say(f"    done in {f.timing['fit_seconds']:.2f} s (converged={f.converged}, singular={f.diagnostics['singular']})")
+    say("comparing backends ...")
+    agreement = compare(fits) if len(fits) >= 2 else pd.DataFrame()
+    agree_summary = summary(agreement) if not agreement.empty else pd.DataFrame()
+    rec = pd.concat([recovery(f, truth) for f in fits], ignore_index=True) if fits else pd.DataFrame()
+    from .design import prepare
+    from .spec import ModelSpec
+
+    hierarchy = prepare(ModelSpec.from_formula(formula, family=sc.family), data).hierarchy.describe()
+    results = {
+        "title": f"hiercompare demo: scenario {sc.name!r}",
+        "formula": formula,
+        "family": sc.family,
+        "seed": seed,
+        "nobs": len(data),
+        "scenario": sc.to_dict(),
+        "hierarchy": hierarchy,
+        "truth": truth.to_dict(),
+        "fits": [f.to_dict() for f in fits],
+        "skipped": skipped,
+        "timings": timings,
+        "agreement_summary": _records(agree_summary),
+        "agreement": _records(agreement),
+        "recovery": _records(rec),
+        "provenance": {
+            "hiercompare": __version__,
+            "git_commit": git_commit(),
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+            "seed": seed,
+            "formula": formula,
+            "backend_versions": {f.backend: {k: v for k, v in f.provenance.items()
+                                             if k not in ("formula", "formula_as_given", "seed", "options",
+                                                          "backend", "nobs", "family")} for f in fits},
+        },
+    }
+    say("writing report ...")
+    from .report import render_demo
+
+    html = render_demo(results)
+    results["timing_total_seconds"] = time.perf_counter() - t_start
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    (out / "report.html").write_text(html)
+    data.to_csv(out / "data.csv", index=False)
+    say(f"wrote {out / 'report.html'} and {out / 'results.json'} in {results['timing_total_seconds']:.1f} s")
+    return results
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    if df is None or df.empty:
+        return []
+    return json.loads(df.to_json(orient="records", double_precision=15))

@@ -1,0 +1,33 @@
+"""One error hierarchy, rooted at :class:`HierCompareError`.
+
+Messages name the problem, quote the offending value and say how to fix it.
+"""
+from __future__ import annotations
+
+
+class HierCompareError(Exception):
+    """Root of every error raised by hiercompare."""
+
+
+class SpecError(HierCompareError, ValueError):
+    """The model specification (formula, family, options) is invalid or unsupported."""
+
+
+class DataError(HierCompareError, ValueError):
+    """The data do not fit the specification (missing columns, NaN, wrong types, ...)."""
+
+
+class NestingError(DataError):
+    """Grouping labels do not form a nested tree."""
+
+
+class BackendUnavailable(HierCompareError, RuntimeError):
+    """A backend cannot run here (library or R missing); the message says how to install it."""
+
+
+class BackendError(HierCompareError, RuntimeError):
+    """A backend ran but failed; the message carries the backend's own error text."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An optimiser or sampler reported a convergence problem (also recorded in Fit.diagnostics)."""

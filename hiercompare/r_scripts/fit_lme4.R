@@ -1,0 +1,35 @@
+# lme4 fit for hiercompare. `formula` is a string that hiercompare built from a parsed spec and checked
+# against its formula grammar; `data` arrives as an R data.frame (labels as factors), never as code.
+hc_fit_lme4 <- function(data, formula, family, reml, optimizer) {
+  suppressPackageStartupMessages(requireNamespace("lme4"))
+  f <- stats::as.formula(formula, env = globalenv())
+  run <- hc_capture(
+    if (family == "gaussian") {
+      lme4::lmer(f, data = data, REML = reml, control = lme4::lmerControl(optimizer = optimizer))
+    } else {
+      fam <- switch(family, binomial = stats::binomial(), poisson = stats::poisson())
+      lme4::glmer(f, data = data, family = fam, control = lme4::glmerControl(optimizer = optimizer))
+    })
+  if (inherits(run$value, "hc_error")) return(hc_json(list(error = run$value$message)))
+  fit <- run$value
+  vc <- as.data.frame(lme4::VarCorr(fit), order = "lower.tri")
+  re <- as.data.frame(lme4::ranef(fit, condVar = TRUE))
+  conv <- fit@optinfo$conv$lme4$messages
+  fe <- lme4::fixef(fit)
+  hc_json(list(
+    fixef_names = names(fe),
+    fixef = unname(fe),
+    vcov = as.vector(as.matrix(stats::vcov(fit))),
+    varcorr = list(grp = vc$grp, var1 = vc$var1, var2 = vc$var2, sdcor = vc$sdcor),
+    ranef = list(grpvar = as.character(re$grpvar), term = as.character(re$term), grp = as.character(re$grp),
+                 condval = re$condval, condsd = re$condsd),
+    loglik = as.numeric(stats::logLik(fit)),
+    reml = lme4::isREML(fit),
+    singular = lme4::isSingular(fit),
+    optimizer_code = fit@optinfo$conv$opt,
+    conv_messages = if (is.null(conv)) character(0) else as.character(conv),
+    warnings = run$warnings,
+    messages = run$messages,
+    nobs = stats::nobs(fit)
+  ))
+}

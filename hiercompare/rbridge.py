@@ -1,0 +1,169 @@
+"""The one place that talks to R (through rpy2).
+
+* Availability is checked once and explained (no R, no rpy2, a missing R package), with the install hint.
+* Data cross as R vectors and data.frames, labels as factors: nothing user-supplied is pasted into R code.
+* The only text that reaches R's parser is a formula that :func:`r_formula` rebuilds from a parsed
+  :class:`~hiercompare.spec.ModelSpec` and re-checks against a strict grammar.
+* R functions live in ``hiercompare/r_scripts/*.R``; each returns one JSON string, parsed here.
+* rpy2 runs R in this process: calls are serialised with a lock.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import BackendError, SpecError
+from .spec import ModelSpec
+
+SCRIPTS = Path(__file__).parent / "r_scripts"
+INSTALL_HINT = (
+    "run `make install` (on Debian as root it installs R and the R packages with apt); "
+    "otherwise install R >= 4.2 with lme4 and jsonlite, then `pip install 'rpy2>=3.5.11,<3.6'`"
+)
+_LOCK = threading.RLock()
+_SOURCED: set[str] = set()
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*$")
+_FORMULA = re.compile(r"^[A-Za-z0-9_.:+|()~ ]+$")
+
+
+@functools.lru_cache(maxsize=None)
+def _base_availability() -> tuple[bool, str]:
+    try:
+        import rpy2  # noqa: F401
+    except Exception as exc:
+        return False, f"rpy2 is not installed ({exc}); {INSTALL_HINT}"
+    try:
+        with _LOCK:
+            import rpy2.robjects as ro  # starts embedded R
+
+            _quiet_console()
+            ro.r("invisible(TRUE)")
+    except Exception as exc:
+        return False, f"R cannot be started through rpy2 ({str(exc).splitlines()[0] if str(exc) else exc}); {INSTALL_HINT}"
+    return True, ""
+
+
+@functools.lru_cache(maxsize=None)
+def availability(packages: tuple[str, ...] = ()) -> tuple[bool, str]:
+    """(True, '') if R and every package in ``packages`` (plus jsonlite) can be used, else (False, why)."""
+    ok, why = _base_availability()
+    if not ok:
+        return ok, why
+    import rpy2.robjects as ro
+
+    missing = []
+    with _LOCK:
+        for pkg in ("jsonlite",) + tuple(packages):
+            if not _NAME.match(pkg):
+                raise ValueError(f"bad R package name {pkg!r}")
+            if not ro.r["requireNamespace"](pkg, quietly=True)[0]:
+                missing.append(pkg)
+    if missing:
+        return False, f"R package(s) {missing} not installed; {INSTALL_HINT}"
+    return True, ""
+
+
+def _quiet_console() -> None:
+    """Keep R's console chatter out of stdout; our R scripts capture warnings and messages themselves."""
+    from rpy2.rinterface_lib import callbacks
+
+    callbacks.consolewrite_warnerror = lambda s: None
+    callbacks.consolewrite_print = lambda s: None
+
+
+def _source(script: str) -> None:
+    import rpy2.robjects as ro
+
+    for name in ("common.R", script):
+        if name not in _SOURCED:
+            ro.r["source"](str(SCRIPTS / name))
+            _SOURCED.add(name)
+
+
+def call(script: str, function: str, *args, **kwargs) -> dict:
+    """Source ``r_scripts/<script>`` once and call ``function``; it returns JSON, parsed here.
+
+    An R error becomes :class:`BackendError` carrying R's message.
+    """
+    import rpy2.robjects as ro
+    from rpy2.rinterface_lib.embedded import RRuntimeError
+
+    with _LOCK:
+        _source(script)
+        try:
+            res = ro.globalenv[function](*args, **kwargs)
+        except RRuntimeError as exc:
+            raise BackendError(f"R error in {function}: {exc}") from exc
+    out = json.loads(res[0])
+    if isinstance(out, dict) and "error" in out:
+        raise BackendError(f"R error in {function}: {out['error']}")
+    return out
+
+
+def floats(x) -> object:
+    import rpy2.robjects as ro
+
+    return ro.FloatVector(np.asarray(x, dtype=float))
+
+
+def matrix(X: np.ndarray) -> object:
+    import rpy2.robjects as ro
+
+    X = np.asarray(X, dtype=float)
+    return ro.r["matrix"](ro.FloatVector(X.ravel(order="F")), nrow=X.shape[0], ncol=X.shape[1])
+
+
+def dataframe(frame: pd.DataFrame, factors: dict[str, tuple[str, ...] | None]) -> object:
+    """An R data.frame; columns in ``factors`` become factors (with the given level order, else sorted)."""
+    import rpy2.robjects as ro
+
+    cols = {}
+    for name in frame.columns:
+        if not _NAME.match(str(name)):
+            raise SpecError(f"column name {name!r} cannot be passed to R; use letters, digits, '_' and '.'")
+        s = frame[name]
+        if name in factors:
+            values = s.astype(str).to_numpy(dtype=object)
+            levels = factors[name] or tuple(sorted(pd.unique(values)))
+            cols[name] = ro.r["factor"](ro.StrVector(list(values)), levels=ro.StrVector(list(levels)))
+        else:
+            cols[name] = ro.FloatVector(s.to_numpy(dtype=float))
+    return ro.DataFrame(cols)
+
+
+def r_formula(spec: ModelSpec) -> str:
+    """lme4 formula text rebuilt from the spec; categorical terms appear bare (they are factors in the data)."""
+    names = spec.variables
+    for n in names:
+        if not _NAME.match(n):
+            raise SpecError(f"{n!r} is not a valid R name")
+    fixed = ["1" if spec.intercept else "0"] + [t.name for t in spec.fixed]
+    bars = []
+    for g in spec.groups:
+        lhs = " + ".join(("1" if g.intercept else "0",) + g.slopes)
+        bars.append(f"({lhs} {'|' if g.correlated else '||'} {g.group})")
+    text = f"{spec.response} ~ " + " + ".join(fixed + bars)
+    if not _FORMULA.match(text):  # defence in depth: nothing outside the grammar's alphabet reaches R
+        raise SpecError(f"refusing to send {text!r} to R: characters outside the formula grammar")
+    return text
+
+
+@functools.lru_cache(maxsize=None)
+def versions(packages: tuple[str, ...] = ()) -> dict[str, str]:
+    ok, _ = _base_availability()
+    if not ok:
+        return {}
+    import rpy2
+    import rpy2.robjects as ro
+
+    with _LOCK:
+        _source("common.R")
+        out = json.loads(ro.globalenv["hc_versions"](ro.StrVector(list(packages)))[0])
+    out["rpy2"] = rpy2.__version__
+    return out

@@ -1,0 +1,260 @@
+"""The Fit schema: one tidy frame in broom.mixed's layout (snake_case), shared by every backend and by Truth.
+
+Columns of ``Fit.tidy()``: ``effect`` (fixed | ran_pars | ran_vals), ``group``, ``level``, ``term``,
+``estimate``, ``std_error``, ``conf_low``, ``conf_high``, ``backend``.
+
+* fixed: ``term`` is the coefficient name; ``group`` and ``level`` are empty.
+* ran_pars: ``group`` is the grouping factor as written (``market``, ``market:submarket``), ``term`` is
+  ``sd__(Intercept)``, ``sd__x1``, ``cor__(Intercept).x1``; the residual SD is group ``Residual``,
+  term ``sd__Observation``.
+* ran_vals: one row per group label and term: the group's deviation.
+
+``fixef``, ``varcorr`` and ``ranef`` are views of that one frame, never a second computation.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .design import ModelData
+from .errors import DataError
+from .spec import INTERCEPT, ModelSpec
+
+TIDY_COLUMNS = ["effect", "group", "level", "term", "estimate", "std_error", "conf_low", "conf_high"]
+KEY = ["effect", "group", "level", "term"]
+RESIDUAL = "Residual"
+
+
+def tidy_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows (dicts with any subset of TIDY_COLUMNS) -> a frame with every column, in order."""
+    df = pd.DataFrame(rows, columns=TIDY_COLUMNS)
+    for c in ("group", "level"):
+        df[c] = df[c].fillna("").astype(object)
+    for c in ("estimate", "std_error", "conf_low", "conf_high"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
+    return df
+
+
+def sd_term(term: str) -> str:
+    return f"sd__{term}"
+
+
+def cor_term(a: str, b: str) -> str:
+    return f"cor__{a}.{b}"
+
+
+@dataclass
+class Fit:
+    """What every backend returns.
+
+    Attributes
+    ----------
+    backend : str
+        Registered backend name.
+    table : DataFrame
+        The tidy rows (without the ``backend`` column; ``tidy()`` adds it).
+    loglik : float or None
+        Maximised log-likelihood (REML criterion for REML fits) as the backend reports it.
+    diagnostics : dict
+        ``converged``, ``singular``, ``warnings`` (every warning and message the backend emitted), ``notes``.
+    timing : dict
+        ``fit_seconds`` (backend call) and ``total_seconds`` (validation + design + fit).
+    provenance : dict
+        backend, library versions, seed, spec, options.
+    """
+
+    backend: str
+    spec: ModelSpec
+    table: pd.DataFrame
+    model: ModelData | None = field(default=None, repr=False)
+    loglik: float | None = None
+    method: str | None = None
+    nobs: int = 0
+    diagnostics: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    raw: Any = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ views
+    def tidy(self, effects: str | list[str] | None = None) -> pd.DataFrame:
+        df = self.table.copy()
+        if effects is not None:
+            effects = [effects] if isinstance(effects, str) else list(effects)
+            df = df[df["effect"].isin(effects)]
+        df["backend"] = self.backend
+        return df.reset_index(drop=True)
+
+    @property
+    def fixef(self) -> pd.Series:
+        f = self.table[self.table["effect"] == "fixed"]
+        return pd.Series(f["estimate"].to_numpy(), index=f["term"].to_numpy(), name=self.backend)
+
+    @property
+    def varcorr(self) -> pd.DataFrame:
+        return self.tidy("ran_pars").drop(columns=["effect", "level"])
+
+    def ranef(self, group: str | None = None, what: str = "estimate"):
+        """Group deviations as a frame (rows: labels, columns: terms), one per grouping factor."""
+        rv = self.table[self.table["effect"] == "ran_vals"]
+        out = {}
+        for g, sub in rv.groupby("group", sort=False):
+            out[g] = sub.pivot(index="level", columns="term", values=what)
+        if group is not None:
+            if group not in out:
+                raise KeyError(f"no ran_vals for {group!r}; groups are {list(out)}")
+            return out[group]
+        return out
+
+    @property
+    def converged(self) -> bool:
+        return bool(self.diagnostics.get("converged", True))
+
+    # ------------------------------------------------------------------ prediction
+    def decompose(self, newdata: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Split each row's linear predictor into national + level parts.
+
+        Columns: ``national`` (the fixed part X beta), then ``"<group>|<term>"`` for every varying term of
+        every level (intercept deviations, and slope deviations times the covariate), then ``prediction``,
+        their sum, which is what :meth:`predict` returns on the link scale. A label not seen in fitting
+        contributes 0 (population level) at that level and below it only where its own label is unseen;
+        ``result.attrs['unseen']`` counts such rows per group.
+        """
+        md = self._require_model()
+        data = md.data if newdata is None else newdata
+        X = md.X if newdata is None else md.fixed_matrix(newdata)
+        fe = self.fixef.reindex(md.fixed_names)
+        if fe.isna().any():
+            raise DataError(f"{self.backend}: fixed effects missing for {list(fe[fe.isna()].index)}")
+        parts = {"national": X @ fe.to_numpy()}
+        unseen = {}
+        ran = self.ranef() if md.hierarchy.levels else {}
+        for lv in md.hierarchy.levels:
+            codes = lv.codes if newdata is None else lv.codes_for(newdata)
+            unseen[lv.group] = int((codes < 0).sum())
+            Z = md.Z[lv.group] if newdata is None else md.z_matrix(lv.group, newdata)
+            table = ran.get(lv.group)
+            for j, term in enumerate(lv.spec.terms):
+                if table is None or term not in table.columns:
+                    vals = np.zeros(lv.n_groups)
+                else:
+                    vals = table[term].reindex(lv.labels).to_numpy(dtype=float)
+                    vals = np.nan_to_num(vals, nan=0.0)
+                dev = np.where(codes >= 0, vals[np.maximum(codes, 0)], 0.0)
+                parts[f"{lv.group}|{term}"] = dev * Z[:, j]
+        out = pd.DataFrame(parts, index=data.index)
+        out["prediction"] = out.sum(axis=1)
+        out.attrs["unseen"] = unseen
+        return out
+
+    def predict(self, newdata: pd.DataFrame | None = None, type: str = "link") -> np.ndarray:
+        """Predictions: fixed part plus every level's deviation (0 for labels unseen in fitting).
+
+        ``type='response'`` applies the inverse link (logistic for binomial, exp for poisson).
+        """
+        eta = self.decompose(newdata)["prediction"].to_numpy()
+        if type == "link" or self.spec.family == "gaussian":
+            return eta
+        if type != "response":
+            raise ValueError("type must be 'link' or 'response'")
+        return 1 / (1 + np.exp(-eta)) if self.spec.family == "binomial" else np.exp(eta)
+
+    def _require_model(self) -> ModelData:
+        if self.model is None:
+            raise DataError("this Fit was loaded without its data; refit to predict or decompose")
+        return self.model
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        return {
+            "backend": self.backend,
+            "formula": self.spec.formula,
+            "family": self.spec.family,
+            "method": self.method,
+            "nobs": self.nobs,
+            "loglik": self.loglik,
+            "diagnostics": self.diagnostics,
+            "timing": self.timing,
+            "provenance": self.provenance,
+            "tidy": json.loads(self.tidy().to_json(orient="records", double_precision=15)),
+        }
+
+    def to_json(self, path=None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, default=_json_default)
+        if path is not None:
+            with open(path, "w") as fh:
+                fh.write(text)
+        return text
+
+    def __repr__(self) -> str:
+        fe = ", ".join(f"{k}={v:.4g}" for k, v in self.fixef.items())
+        return f"<Fit {self.backend}: {self.spec.formula}; {fe}; converged={self.converged}>"
+
+
+@dataclass
+class Truth:
+    """The generating values of a simulation, in the Fit schema.
+
+    ``table`` has the tidy columns; ``estimate`` holds the generating value. For ran_pars rows the column
+    ``realized`` holds the same quantity computed from the effects actually drawn (SD or correlation of the
+    drawn group effects), which is what an estimator can at best recover from one data set.
+    """
+
+    table: pd.DataFrame
+    scenario: dict
+    seed: Any
+
+    def tidy(self, effects=None) -> pd.DataFrame:
+        df = self.table.copy()
+        if effects is not None:
+            effects = [effects] if isinstance(effects, str) else list(effects)
+            df = df[df["effect"].isin(effects)]
+        return df.reset_index(drop=True)
+
+    @property
+    def fixef(self) -> pd.Series:
+        f = self.table[self.table["effect"] == "fixed"]
+        return pd.Series(f["estimate"].to_numpy(), index=f["term"].to_numpy(), name="truth")
+
+    def ranef(self, group: str) -> pd.DataFrame:
+        rv = self.table[(self.table["effect"] == "ran_vals") & (self.table["group"] == group)]
+        return rv.pivot(index="level", columns="term", values="estimate")
+
+    def to_dict(self) -> dict:
+        return {
+            "scenario": self.scenario,
+            "seed": self.seed,
+            "tidy": json.loads(self.table.to_json(orient="records", double_precision=15)),
+        }
+
+    def to_json(self, path=None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, default=_json_default)
+        if path is not None:
+            with open(path, "w") as fh:
+                fh.write(text)
+        return text
+
+    @classmethod
+    def from_json(cls, path) -> "Truth":
+        with open(path) as fh:
+            d = json.load(fh)
+        table = pd.DataFrame(d["tidy"])
+        for c in ("group", "level"):
+            table[c] = table[c].fillna("").astype(object)
+        return cls(table=table, scenario=d["scenario"], seed=d["seed"])
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+__all__ = ["Fit", "Truth", "TIDY_COLUMNS", "KEY", "RESIDUAL", "INTERCEPT", "tidy_frame", "sd_term", "cor_term"]

@@ -1,0 +1,233 @@
+"""Scenarios with known truth: any depth, balanced or unbalanced sizes, correlated varying terms, families.
+
+``simulate(scenario, seed) -> (data, truth)``. The default :class:`Scenario` is the seed conversation's tree:
+United_state -> 10 markets -> 5 submarkets -> 100 rows; national intercept 1.0; market intercept SD 0.8,
+market slope SD for x1 0.5 with correlation 0.3; submarket intercept SD 0.4; beta_x2 0.6 (beta_x1 0, as in
+the seed); residual SD 1.0. Predictors are independent N(0, 1) draws.
+
+The default seed, 123, is the seed conversation's ``RANDOM_SEED``. Random numbers come from ``numpy.random.default_rng(SeedSequence(seed))`` in a fixed order (group effects
+top-down, sizes, predictors, noise), so the same seed gives identical data.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .errors import SpecError
+from .hierarchy import ROOT
+from .results import RESIDUAL, Truth, cor_term, sd_term, tidy_frame
+from .spec import FAMILIES, INTERCEPT
+
+Size = int | tuple[int, int]
+
+
+@dataclass(frozen=True)
+class LevelScenario:
+    """One level below the root.
+
+    Parameters
+    ----------
+    name : column name of the level's labels (``market``)
+    size : children per parent: an int (balanced) or ``(low, high)``, drawn uniformly per parent (inclusive)
+    sd : SD of each varying term, e.g. ``{"(Intercept)": 0.8, "x1": 0.5}``
+    corr : correlation matrix of the terms in ``sd``'s order (None: independent)
+    label : format of a group's label, with ``{i}`` its index within its parent
+    correlated : whether the fitted formula should estimate the correlations (``|``) or not (``||``)
+    """
+
+    name: str
+    size: Size
+    sd: dict[str, float]
+    corr: tuple[tuple[float, ...], ...] | None = None
+    label: str = "{name}_{i}"
+    correlated: bool = True
+
+    def corr_matrix(self) -> np.ndarray:
+        k = len(self.sd)
+        if self.corr is None:
+            return np.eye(k)
+        R = np.asarray(self.corr, dtype=float)
+        if R.shape != (k, k) or not np.allclose(R, R.T) or not np.allclose(np.diag(R), 1):
+            raise SpecError(f"level {self.name}: corr must be a symmetric {k}x{k} matrix with unit diagonal")
+        if np.linalg.eigvalsh(R).min() <= 0:
+            raise SpecError(f"level {self.name}: corr is not positive definite")
+        return R
+
+
+def _default_levels() -> tuple[LevelScenario, ...]:
+    return (
+        LevelScenario("market", 10, {INTERCEPT: 0.8, "x1": 0.5}, ((1.0, 0.3), (0.3, 1.0)), label="Market_{i}"),
+        LevelScenario("submarket", 5, {INTERCEPT: 0.4}, None, label="Sub{i}"),
+    )
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A data-generating process with known truth (defaults: the seed conversation's tree)."""
+
+    levels: tuple[LevelScenario, ...] = field(default_factory=_default_levels)
+    n_obs: Size = 100
+    fixed: dict[str, float] = field(default_factory=lambda: {INTERCEPT: 1.0, "x1": 0.0, "x2": 0.6})
+    predictors: tuple[str, ...] = ("x1", "x2")
+    residual_sd: float = 1.0
+    family: str = "gaussian"
+    response: str = "y"
+    root: str = ROOT
+    name: str = "seed"
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise SpecError(f"family {self.family!r} is not one of {FAMILIES}")
+        if not self.levels:
+            raise SpecError("a scenario needs at least one level below the root")
+        for lv in self.levels:
+            lv.corr_matrix()
+            for t in lv.sd:
+                if t != INTERCEPT and t not in self.predictors:
+                    raise SpecError(f"level {lv.name} varies {t!r}, which is not among predictors {self.predictors}")
+            if any(s < 0 for s in lv.sd.values()):
+                raise SpecError(f"level {lv.name}: SDs must be >= 0")
+        for t in self.fixed:
+            if t != INTERCEPT and t not in self.predictors:
+                raise SpecError(f"fixed effect {t!r} is not among predictors {self.predictors}")
+
+    # ------------------------------------------------------------------ formula
+    def group_name(self, depth: int) -> str:
+        """lme4's name of level ``depth`` (0-based): ``market``, ``market:submarket``, ..."""
+        return ":".join(lv.name for lv in self.levels[: depth + 1])
+
+    def formula(self) -> str:
+        rhs = list(self.predictors)
+        for d, lv in enumerate(self.levels):
+            slopes = [t for t in lv.sd if t != INTERCEPT]
+            lhs = " + ".join((["1"] if INTERCEPT in lv.sd else ["0"]) + slopes)
+            bar = "|" if lv.correlated or len(lv.sd) == 1 else "||"
+            rhs.append(f"({lhs} {bar} {self.group_name(d)})")
+        return f"{self.response} ~ " + " + ".join(rhs)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["levels"] = [asdict(lv) for lv in self.levels]
+        return json.loads(json.dumps(d))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scenario":
+        d = dict(d)
+        levels = []
+        for lv in d.pop("levels", []):
+            lv = dict(lv)
+            if isinstance(lv.get("size"), list):
+                lv["size"] = tuple(lv["size"])
+            if lv.get("corr") is not None:
+                lv["corr"] = tuple(tuple(r) for r in lv["corr"])
+            levels.append(LevelScenario(**lv))
+        if isinstance(d.get("n_obs"), list):
+            d["n_obs"] = tuple(d["n_obs"])
+        if "predictors" in d:
+            d["predictors"] = tuple(d["predictors"])
+        return cls(levels=tuple(levels) if levels else _default_levels(), **d)
+
+
+def _sizes(rng: np.random.Generator, size: Size, n_parents: int) -> np.ndarray:
+    if isinstance(size, (tuple, list)):
+        lo, hi = int(size[0]), int(size[1])
+        if lo < 1 or hi < lo:
+            raise SpecError(f"size range {size} must satisfy 1 <= low <= high")
+        return rng.integers(lo, hi + 1, size=n_parents)
+    if int(size) < 1:
+        raise SpecError(f"size must be >= 1, got {size}")
+    return np.full(n_parents, int(size))
+
+
+def simulate(scenario: Scenario | None = None, seed: int | None = 123) -> tuple[pd.DataFrame, Truth]:
+    """Draw one data set and its truth.
+
+    Examples
+    --------
+    >>> data, truth = simulate(Scenario(), seed=1)
+    >>> data.shape
+    (5000, 6)
+    >>> sorted(truth.tidy("ran_pars")["group"].unique())
+    ['Residual', 'market', 'market:submarket']
+    """
+    sc = scenario or Scenario()
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    # tree: per level, parent index of each group and its label
+    parents = [np.zeros(1, dtype=int)]  # root
+    labels = [np.array([sc.root], dtype=object)]
+    effects: list[np.ndarray] = []
+    for lv in sc.levels:
+        n_par = len(labels[-1])
+        sizes = _sizes(rng, lv.size, n_par)
+        par = np.repeat(np.arange(n_par), sizes)
+        local = np.concatenate([np.arange(s) for s in sizes])
+        own = np.array([lv.label.format(i=i, name=lv.name) for i in local], dtype=object)
+        lab = own if len(labels) == 1 else labels[-1][par] + ":" + own
+        parents.append(par)
+        labels.append(lab)
+        sd = np.array(list(lv.sd.values()), dtype=float)
+        cov = np.outer(sd, sd) * lv.corr_matrix()
+        effects.append(rng.multivariate_normal(np.zeros(len(sd)), cov, size=len(lab), method="cholesky"))
+    leaf_n = _sizes(rng, sc.n_obs, len(labels[-1]))
+    leaf = np.repeat(np.arange(len(labels[-1])), leaf_n)
+    n = len(leaf)
+    # group index of every row at every level (leaf upwards)
+    idx = [None] * len(sc.levels)
+    cur = leaf
+    for d in range(len(sc.levels) - 1, -1, -1):
+        idx[d] = cur
+        cur = parents[d + 1][cur]
+    X = {p: rng.standard_normal(n) for p in sc.predictors}
+    eta = np.full(n, sc.fixed.get(INTERCEPT, 0.0))
+    for p in sc.predictors:
+        eta = eta + sc.fixed.get(p, 0.0) * X[p]
+    for d, lv in enumerate(sc.levels):
+        for j, term in enumerate(lv.sd):
+            z = 1.0 if term == INTERCEPT else X[term]
+            eta = eta + effects[d][idx[d], j] * z
+    if sc.family == "gaussian":
+        y = eta + rng.normal(0.0, sc.residual_sd, size=n)
+    elif sc.family == "binomial":
+        y = rng.binomial(1, 1 / (1 + np.exp(-eta))).astype(float)
+    else:
+        y = rng.poisson(np.exp(eta)).astype(float)
+    data = {sc.response: y, **X, "national": np.full(n, sc.root, dtype=object)}
+    for d, lv in enumerate(sc.levels):
+        own = np.array([s.rsplit(":", 1)[-1] for s in labels[d + 1]], dtype=object)
+        data[lv.name] = own[idx[d]]
+    frame = pd.DataFrame(data)
+    return frame, Truth(table=_truth_table(sc, labels, effects), scenario=sc.to_dict(), seed=seed)
+
+
+def _truth_table(sc: Scenario, labels, effects) -> pd.DataFrame:
+    rows = []
+    for t in (INTERCEPT,) + tuple(sc.predictors):
+        rows.append(dict(effect="fixed", term=t, estimate=sc.fixed.get(t, 0.0), realized=sc.fixed.get(t, 0.0)))
+    for d, lv in enumerate(sc.levels):
+        group = sc.group_name(d)
+        terms = list(lv.sd)
+        R = lv.corr_matrix()
+        eff = effects[d]
+        real_sd = eff.std(axis=0, ddof=1)
+        real_corr = np.corrcoef(eff, rowvar=False) if len(terms) > 1 else np.ones((1, 1))
+        for j, t in enumerate(terms):
+            rows.append(dict(effect="ran_pars", group=group, term=sd_term(t), estimate=lv.sd[t], realized=real_sd[j]))
+        if lv.correlated:
+            for i in range(len(terms)):
+                for j in range(i + 1, len(terms)):
+                    rows.append(dict(effect="ran_pars", group=group, term=cor_term(terms[i], terms[j]),
+                                     estimate=R[i, j], realized=real_corr[i, j]))
+        for g, lab in enumerate(labels[d + 1]):
+            for j, t in enumerate(terms):
+                rows.append(dict(effect="ran_vals", group=group, level=lab, term=t, estimate=eff[g, j],
+                                 realized=eff[g, j]))
+    if sc.family == "gaussian":
+        rows.append(dict(effect="ran_pars", group=RESIDUAL, term=sd_term("Observation"), estimate=sc.residual_sd,
+                         realized=np.nan))
+    table = tidy_frame(rows)
+    table["realized"] = [r.get("realized", np.nan) for r in rows]
+    return table

@@ -1,0 +1,426 @@
+"""The model specification: WHAT model, never HOW it is fitted.
+
+A :class:`ModelSpec` is parsed from an lme4-style formula. The formula is first checked against a strict
+grammar (identifiers, ``0``/``1``, ``~ + - * : / | || ( )`` and ``C(name)``); anything else is rejected
+before it can reach R or any other backend. The fixed part and the left-hand side of every bar term are
+then parsed with the ``formulae`` library; the grouping side of a bar term (``g``, ``a:b``, ``a/b``) is
+expanded here, as lme4 does (``a/b`` = ``a`` + ``a:b``).
+
+No backend library is imported in this module.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import SpecError
+
+FAMILIES = ("gaussian", "binomial", "poisson")
+INTERCEPT = "(Intercept)"
+
+_NAME = r"[A-Za-z][A-Za-z0-9_.]*"
+_TOKEN = re.compile(rf"\s*(?:(?P<name>{_NAME})|(?P<num>[0-9]+(?:\.[0-9]*)?)|(?P<op>\|\||[~+:/|()*\-]))")
+_VALID_NAME = re.compile(rf"^{_NAME}$")
+
+
+@dataclass(frozen=True)
+class FixedTerm:
+    """One fixed-effect term: a numeric column, a categorical column, or an interaction of numeric columns."""
+
+    variables: tuple[str, ...]
+    categorical: bool = False  # True for C(x); string columns are detected from the data
+
+    @property
+    def name(self) -> str:
+        return ":".join(self.variables)
+
+    def formula_text(self) -> str:
+        return f"C({self.variables[0]})" if self.categorical else self.name
+
+
+@dataclass(frozen=True)
+class GroupTerm:
+    """One bar term ``(intercept + slopes | factor)``; ``correlated=False`` for ``||``."""
+
+    factor: tuple[str, ...]
+    intercept: bool
+    slopes: tuple[str, ...]
+    correlated: bool = True
+
+    @property
+    def group(self) -> str:
+        """The grouping factor as written in lme4's output (``market``, ``market:submarket``)."""
+        return ":".join(self.factor)
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return ((INTERCEPT,) if self.intercept else ()) + self.slopes
+
+    @property
+    def blocks(self) -> tuple[tuple[str, ...], ...]:
+        """Sets of terms that share one covariance block."""
+        if self.correlated:
+            return (self.terms,)
+        return tuple((t,) for t in self.terms)
+
+    def formula_text(self) -> str:
+        lhs = " + ".join(("1" if self.intercept else "0",) + self.slopes)
+        bar = "|" if self.correlated else "||"
+        return f"({lhs} {bar} {self.group})"
+
+
+@dataclass(frozen=True)
+class GroupLevel:
+    """All varying terms of one grouping factor, merged over the bar terms that name it."""
+
+    factor: tuple[str, ...]
+    blocks: tuple[tuple[str, ...], ...]
+
+    @property
+    def group(self) -> str:
+        return ":".join(self.factor)
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return tuple(t for b in self.blocks for t in b)
+
+    @property
+    def slopes(self) -> tuple[str, ...]:
+        return tuple(t for t in self.terms if t != INTERCEPT)
+
+    @property
+    def has_intercept(self) -> bool:
+        return INTERCEPT in self.terms
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A hierarchical model: response, fixed terms, group terms, family.
+
+    Examples
+    --------
+    >>> spec = ModelSpec.from_formula("y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)")
+    >>> [lv.group for lv in spec.levels]
+    ['market', 'market:submarket']
+    >>> spec.levels[0].terms
+    ('(Intercept)', 'x1')
+    """
+
+    response: str
+    intercept: bool
+    fixed: tuple[FixedTerm, ...]
+    groups: tuple[GroupTerm, ...]
+    family: str = "gaussian"
+    source: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise SpecError(f"family {self.family!r} is not supported; choose one of {', '.join(FAMILIES)}")
+        for name in self.variables:
+            if not _VALID_NAME.match(name):
+                raise SpecError(f"{name!r} is not a valid column name in a formula (letters, digits, '_' and '.')")
+        self._check_groups()
+
+    # ------------------------------------------------------------------ parsing
+    @classmethod
+    def from_formula(cls, formula: str, family: str = "gaussian") -> "ModelSpec":
+        """Parse an lme4-style formula.
+
+        Supported: ``(1 | g)``, ``(1 + x | g)``, ``(1 + x1 + x2 | g)``, ``(1 + x || g)``, ``(0 + x | g)``,
+        ``(1 | a/b)`` (= ``a`` + ``a:b``), ``(1 | a:b)``; fixed terms ``x``, ``C(x)``, ``x1:x2``, ``x1*x2``,
+        ``0 +`` / ``- 1`` to drop the intercept.
+        """
+        if not isinstance(formula, str) or not formula.strip():
+            raise SpecError("the formula must be a non-empty string such as 'y ~ x1 + (1 | market)'")
+        tokens = _tokenize(formula)
+        tilde = [i for i, (_, v) in enumerate(tokens) if v == "~"]
+        if len(tilde) != 1:
+            raise SpecError(f"a formula needs exactly one '~' (found {len(tilde)}) in {formula!r}")
+        lhs, rhs = tokens[: tilde[0]], tokens[tilde[0] + 1 :]
+        if len(lhs) != 1 or lhs[0][0] != "name":
+            raise SpecError(
+                f"the response must be a single column name (got {_join(lhs)!r}); "
+                "transform it in the data, e.g. df['log_y'] = np.log(df['y'])"
+            )
+        if not rhs:
+            raise SpecError(f"the formula {formula!r} has nothing after '~'")
+        _check_parens(rhs, formula)
+        fixed_pieces, bar_pieces = _split_terms(rhs, formula)
+        intercept, fixed = _parse_fixed(fixed_pieces, formula)
+        groups: list[GroupTerm] = []
+        for piece in bar_pieces:
+            groups.extend(_parse_bar(piece, formula))
+        return cls(
+            response=lhs[0][1],
+            intercept=intercept,
+            fixed=tuple(fixed),
+            groups=tuple(groups),
+            family=family,
+            source=formula,
+        )
+
+    # ------------------------------------------------------------------ derived views
+    @property
+    def formula(self) -> str:
+        """Canonical formula text, rebuilt from the parsed parts (never the user's string)."""
+        parts = ["1" if self.intercept else "0"] + [t.formula_text() for t in self.fixed]
+        parts += [g.formula_text() for g in self.groups]
+        return f"{self.response} ~ " + " + ".join(parts)
+
+    @property
+    def levels(self) -> tuple[GroupLevel, ...]:
+        """Distinct grouping factors, each with its covariance blocks, coarse (fewest columns) first.
+
+        The final root-to-leaf order is decided by :class:`~hiercompare.hierarchy.Hierarchy` from the data.
+        """
+        order: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+        for g in self.groups:
+            order.setdefault(g.factor, []).extend(g.blocks)
+        out = []
+        for factor, blocks in order.items():
+            out.append(GroupLevel(factor=factor, blocks=tuple(blocks)))
+        return tuple(sorted(out, key=lambda lv: len(lv.factor)))
+
+    @property
+    def fixed_variables(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v for t in self.fixed for v in t.variables))
+
+    @property
+    def grouping_variables(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v for g in self.groups for v in g.factor))
+
+    @property
+    def slope_variables(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v for g in self.groups for v in g.slopes))
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """Every column the model reads, response first."""
+        return tuple(
+            dict.fromkeys((self.response,) + self.fixed_variables + self.slope_variables + self.grouping_variables)
+        )
+
+    def to_dict(self) -> dict:
+        return {"formula": self.formula, "family": self.family, "source": self.source}
+
+    # ------------------------------------------------------------------ checks
+    def _check_groups(self) -> None:
+        seen: dict[tuple[str, ...], set[str]] = {}
+        for g in self.groups:
+            if not g.terms:
+                raise SpecError(f"the group term {g.formula_text()} has no varying term")
+            used = seen.setdefault(g.factor, set())
+            for t in g.terms:
+                if t in used:
+                    raise SpecError(f"{t} varies by {g.group} more than once; list each varying term once per factor")
+                used.add(t)
+            overlap = set(g.factor) & ({self.response} | set(g.slopes))
+            if overlap:
+                raise SpecError(f"{sorted(overlap)} is used both as a grouping factor and as a variable")
+        if self.response in self.fixed_variables + self.slope_variables:
+            raise SpecError(f"the response {self.response!r} also appears as a predictor")
+        factors = sorted({g.factor for g in self.groups}, key=len)
+        for i, a in enumerate(factors):
+            for b in factors[i + 1 :]:
+                if len(a) > 1 and not set(a) <= set(b):
+                    raise SpecError(
+                        f"the grouping factors {':'.join(a)} and {':'.join(b)} are crossed, not nested: "
+                        "hiercompare fits nested trees (national -> market -> submarket). "
+                        f"Write the finer factor as an interaction that contains the coarser one, "
+                        f"e.g. (1 | {':'.join(a)}) + (1 | {':'.join(dict.fromkeys(a + b))})"
+                    )
+
+
+# ---------------------------------------------------------------------- helpers
+def _tokenize(formula: str) -> list[tuple[str, str]]:
+    pos, out = 0, []
+    text = formula.rstrip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            bad = text[pos:].strip()[:20]
+            raise SpecError(
+                f"unexpected text {bad!r} in formula {formula!r}: only column names, 0/1, C(name) and the operators "
+                "~ + - * : / | || ( ) are allowed; transform variables in the data instead"
+            )
+        kind = m.lastgroup
+        out.append((kind, m.group(kind)))
+        pos = m.end()
+    for i, (kind, val) in enumerate(out):
+        if kind == "num" and val not in ("0", "1"):
+            raise SpecError(f"the number {val!r} in {formula!r} is not allowed: only 0 and 1 (intercept) are")
+        if kind == "name" and i + 1 < len(out) and out[i + 1][1] == "(":
+            if val != "C":
+                raise SpecError(
+                    f"the function {val}() in {formula!r} is not part of the formula grammar: "
+                    "only C(column) is; compute transformed columns in the data first"
+                )
+            if not (i + 3 < len(out) and out[i + 2][0] == "name" and out[i + 3][1] == ")"):
+                raise SpecError(f"C() takes exactly one column name, as in C(region), in {formula!r}")
+    return out
+
+
+def _join(tokens: list[tuple[str, str]]) -> str:
+    text = ""
+    for kind, val in tokens:
+        if kind == "op" and val not in "()":
+            text += f" {val} "
+        else:
+            text += val
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _check_parens(tokens: list[tuple[str, str]], formula: str) -> None:
+    depth = 0
+    for _, v in tokens:
+        depth += v == "("
+        depth -= v == ")"
+        if depth < 0:
+            raise SpecError(f"unbalanced parentheses in {formula!r}")
+    if depth:
+        raise SpecError(f"unbalanced parentheses in {formula!r}")
+
+
+def _split_terms(tokens, formula):
+    pieces, cur, depth = [], [], 0
+    for tok in tokens:
+        v = tok[1]
+        if v == "(":
+            depth += 1
+        elif v == ")":
+            depth -= 1
+        if v == "+" and depth == 0:
+            pieces.append(cur)
+            cur = []
+        else:
+            cur.append(tok)
+    pieces.append(cur)
+    if any(not p for p in pieces):
+        raise SpecError(f"empty term (two '+' in a row, or a trailing '+') in {formula!r}")
+    fixed, bars = [], []
+    for p in pieces:
+        if p[0][1] == "(" and p[-1][1] == ")" and any(v in ("|", "||") for _, v in p):
+            bars.append(p[1:-1])
+        elif any(v in ("|", "||") for _, v in p):
+            raise SpecError(f"a bar term must be wrapped in parentheses, as in (1 | market); got {_join(p)!r}")
+        else:
+            fixed.append(p)
+    return fixed, bars
+
+
+def _parse_fixed(pieces, formula):
+    from formulae import model_description
+
+    text_parts = []
+    intercept = True
+    for p in pieces:
+        vals = [v for _, v in p]
+        if vals in (["0"], ["-", "1"]) or (len(vals) >= 2 and vals[-2:] == ["-", "1"] and "-" not in vals[:-2]):
+            intercept = False
+            rest = p[:-2] if vals[-2:] == ["-", "1"] else []
+            if rest:
+                text_parts.append(_join(rest))
+            continue
+        if vals == ["1"]:
+            continue
+        if "-" in vals:
+            raise SpecError(f"'-' may only remove the intercept ('- 1'); got {_join(p)!r} in {formula!r}")
+        if any(v in ("/",) for v in vals) or "(" in vals and vals[0] != "C":
+            raise SpecError(f"the fixed term {_join(p)!r} is not supported; use x, C(x), x1:x2 or x1*x2")
+        text_parts.append(_join(p))
+    if not text_parts:
+        return intercept, []
+    try:
+        desc = model_description("y__ ~ " + " + ".join(text_parts))
+    except Exception as exc:  # formulae's own parse error, re-raised in our hierarchy
+        raise SpecError(f"cannot parse the fixed part of {formula!r}: {exc}") from exc
+    terms = []
+    for t in desc.common_terms:
+        if type(t).__name__ == "Intercept":
+            continue
+        comps = list(t.components)
+        names = []
+        categorical = False
+        for c in comps:
+            kind = type(c).__name__
+            if kind == "Variable":
+                names.append(c.name)
+            elif kind == "Call":
+                inner = re.fullmatch(rf"C\(({_NAME})\)", str(c.name).replace(" ", ""))
+                if not inner:
+                    raise SpecError(f"unsupported call {c.name!r} in {formula!r}")
+                names.append(inner.group(1))
+                categorical = True
+            else:
+                raise SpecError(f"unsupported fixed term {t!r} in {formula!r}")
+        if categorical and len(names) > 1:
+            raise SpecError(
+                f"interactions with a categorical term ({':'.join(names)}) are not supported yet; "
+                "build the interaction column in the data"
+            )
+        term = FixedTerm(variables=tuple(names), categorical=categorical)
+        if term in terms:
+            continue
+        terms.append(term)
+    return intercept, terms
+
+
+def _parse_bar(tokens, formula):
+    from formulae import model_description
+
+    bars = [i for i, (_, v) in enumerate(tokens) if v in ("|", "||")]
+    if len(bars) != 1:
+        raise SpecError(f"a bar term needs exactly one '|' or '||': ({_join(tokens)}) in {formula!r}")
+    b = bars[0]
+    correlated = tokens[b][1] == "|"
+    lhs, rhs = tokens[:b], tokens[b + 1 :]
+    if not lhs:
+        raise SpecError(f"nothing before the bar in ({_join(tokens)}); write (1 | group) for a varying intercept")
+    if not rhs:
+        raise SpecError(f"no grouping factor after the bar in ({_join(tokens)}) in {formula!r}")
+    # grouping side: name ((':' | '/') name)*
+    if rhs[0][0] != "name" or rhs[-1][0] != "name" or any(
+        (i % 2 == 0 and k != "name") or (i % 2 == 1 and v not in (":", "/")) for i, (k, v) in enumerate(rhs)
+    ):
+        raise SpecError(
+            f"the grouping side {_join(rhs)!r} must be column names joined by ':' or '/', as in "
+            "market, market:submarket or market/submarket"
+        )
+    nests, cur = [], []
+    for k, v in rhs:
+        if k == "name":
+            cur.append(v)
+        elif v == "/":
+            nests.append(tuple(cur))
+    nests.append(tuple(cur))
+    factors, acc = [], ()
+    for part in nests:
+        acc = acc + part
+        factors.append(acc)
+    # varying side, parsed by formulae
+    vals = [v for _, v in lhs]
+    if any(v in ("(", ")", "*", "/", ":") for v in vals):
+        raise SpecError(
+            f"varying terms must be plain numeric columns (got {_join(lhs)!r}); interactions and C() are not "
+            "supported on the left of the bar"
+        )
+    intercept = True
+    parts = []
+    for piece in _split_terms(lhs, formula)[0]:
+        pv = [v for _, v in piece]
+        if pv == ["0"] or pv == ["-", "1"]:
+            intercept = False
+        elif pv == ["1"]:
+            intercept = True
+        elif len(pv) == 3 and pv[1:] == ["-", "1"]:
+            intercept = False
+            parts.append(pv[0])
+        elif len(pv) == 1 and piece[0][0] == "name":
+            parts.append(pv[0])
+        else:
+            raise SpecError(f"cannot read the varying term {_join(piece)!r} in {formula!r}")
+    slopes: tuple[str, ...] = ()
+    if parts:
+        desc = model_description("y__ ~ " + " + ".join(parts))
+        slopes = tuple(c.name for t in desc.common_terms if type(t).__name__ == "Term" for c in t.components)
+    return [GroupTerm(factor=f, intercept=intercept, slopes=slopes, correlated=correlated) for f in factors]

@@ -12,6 +12,7 @@ from .fitting import fit
 from .hierarchy import Hierarchy
 from .recovery import recovery
 from .results import Fit, Truth
+from . import demo
 from .simulate import LevelScenario, Scenario, simulate
 from .spec import ModelSpec
 

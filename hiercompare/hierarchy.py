@@ -69,12 +69,21 @@ class Hierarchy:
             prepared.append((lv, labels, codes.astype(np.int64)))
         # root-to-leaf: fewer groups first, then fewer columns
         prepared.sort(key=lambda t: (len(t[1]), len(t[0].factor)))
+        order = {g.factor: i for i, g in reversed(list(enumerate(spec.groups)))}
         levels: list[Level] = []
         for depth, (lv, labels, codes) in enumerate(prepared, start=1):
             if not levels:
                 parent = np.zeros(len(labels), dtype=np.int64)
             else:
-                parent = _parent_map(levels[-1], lv, labels, codes)
+                prev = levels[-1]
+                try:
+                    parent = _parent_map(prev, lv, labels, codes)
+                except NestingError:
+                    if order[lv.factor] < order[prev.spec.factor]:
+                        # report it the way the formula reads: the factor written first is the coarser one
+                        coarse = Level(spec=lv, labels=labels, codes=codes, parent=np.zeros(len(labels), dtype=np.int64), depth=depth)
+                        _parent_map(coarse, prev.spec, prev.labels, prev.codes)
+                    raise
             levels.append(Level(spec=lv, labels=labels, codes=codes, parent=parent, depth=depth))
         return cls(levels=tuple(levels), root=root)
 

@@ -244,6 +244,8 @@ class Truth:
         table = pd.DataFrame(d["tidy"])
         for c in ("group", "level"):
             table[c] = table[c].fillna("").astype(object)
+        for c in ("estimate", "std_error", "conf_low", "conf_high", "realized"):
+            table[c] = pd.to_numeric(table[c], errors="coerce").astype(float)
         return cls(table=table, scenario=d["scenario"], seed=d["seed"])
 
 

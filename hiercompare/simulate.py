@@ -170,8 +170,8 @@ def simulate(scenario: Scenario | None = None, seed: int | None = 123) -> tuple[
         parents.append(par)
         labels.append(lab)
         sd = np.array(list(lv.sd.values()), dtype=float)
-        cov = np.outer(sd, sd) * lv.corr_matrix()
-        effects.append(rng.multivariate_normal(np.zeros(len(sd)), cov, size=len(lab), method="cholesky"))
+        chol = np.linalg.cholesky(lv.corr_matrix())
+        effects.append((rng.standard_normal((len(lab), len(sd))) @ chol.T) * sd)  # SD 0 allowed
     leaf_n = _sizes(rng, sc.n_obs, len(labels[-1]))
     leaf = np.repeat(np.arange(len(labels[-1])), leaf_n)
     n = len(leaf)

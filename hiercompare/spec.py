@@ -392,6 +392,7 @@ def _parse_bar(tokens, formula):
             cur.append(v)
         elif v == "/":
             nests.append(tuple(cur))
+            cur = []
     nests.append(tuple(cur))
     factors, acc = [], ()
     for part in nests:

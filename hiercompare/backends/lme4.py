@@ -54,9 +54,11 @@ class Lme4Backend(Backend):
         msgs = list(out.get("messages") or [])
         warns = list(out.get("warnings") or [])
         singular = bool(out["singular"])
-        converged = not conv and out.get("optimizer_code", 0) == 0
+        # lme4 lists "boundary (singular) fit" among its convergence messages; it is a singular fit, not a failure
+        failures = [m for m in conv if "singular" not in m]
+        converged = not failures and out.get("optimizer_code", 0) == 0
         if not converged:
-            warnings.warn(f"lme4 did not converge cleanly: {conv}", ConvergenceWarning, stacklevel=2)
+            warnings.warn(f"lme4 did not converge cleanly: {failures}", ConvergenceWarning, stacklevel=2)
         return Fit(
             backend=self.name, spec=spec, table=table, model=md, loglik=float(out["loglik"]),
             method=method if spec.family == "gaussian" else "ML (Laplace)", nobs=int(out["nobs"]),
@@ -97,10 +99,15 @@ class Lme4Backend(Backend):
 
 
 def _base_group(name: str, groups: set[str]) -> str:
-    """lme4 names the extra blocks of ``(1 + x || g)`` ``g.1``, ``g.2``; map them back to ``g``."""
-    if name in groups:
-        return name
-    base = re.sub(r"\.\d+$", "", name)
-    if base in groups:
-        return base
+    """Map lme4's group names back to ours.
+
+    With ``||`` lme4 splits a term into several blocks named ``g``, ``g.1``, ... and passes names through
+    make.names (``market:submarket`` becomes ``market.submarket``).
+    """
+    norm = {re.sub(r"[^A-Za-z0-9._]", ".", g): g for g in groups}
+    for candidate in (name, re.sub(r"\.\d+$", "", name)):
+        if candidate in groups:
+            return candidate
+        if candidate in norm:
+            return norm[candidate]
     raise BackendError(f"lme4 returned an unknown grouping factor {name!r} (expected one of {sorted(groups)})")

@@ -8,11 +8,11 @@ hc_fit_lm <- function(X, y) {
   }
   s <- summary(fit)
   hc_json(list(
-    coef = unname(stats::coef(fit)),
-    vcov = as.vector(stats::vcov(fit)),
+    coef = I(unname(stats::coef(fit))),
+    vcov = I(as.vector(stats::vcov(fit))),
     sigma = s$sigma,
     df_residual = fit$df.residual,
     loglik = as.numeric(stats::logLik(fit)),
-    warnings = c(run$warnings, run$messages)
+    warnings = I(c(run$warnings, run$messages))
   ))
 }

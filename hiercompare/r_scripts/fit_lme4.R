@@ -17,19 +17,19 @@ hc_fit_lme4 <- function(data, formula, family, reml, optimizer) {
   conv <- fit@optinfo$conv$lme4$messages
   fe <- lme4::fixef(fit)
   hc_json(list(
-    fixef_names = names(fe),
-    fixef = unname(fe),
-    vcov = as.vector(as.matrix(stats::vcov(fit))),
-    varcorr = list(grp = vc$grp, var1 = vc$var1, var2 = vc$var2, sdcor = vc$sdcor),
-    ranef = list(grpvar = as.character(re$grpvar), term = as.character(re$term), grp = as.character(re$grp),
-                 condval = re$condval, condsd = re$condsd),
+    fixef_names = I(names(fe)),
+    fixef = I(unname(fe)),
+    vcov = I(as.vector(as.matrix(stats::vcov(fit)))),
+    varcorr = list(grp = I(vc$grp), var1 = I(vc$var1), var2 = I(vc$var2), sdcor = I(vc$sdcor)),
+    ranef = list(grpvar = I(as.character(re$grpvar)), term = I(as.character(re$term)),
+                 grp = I(as.character(re$grp)), condval = I(re$condval), condsd = I(re$condsd)),
     loglik = as.numeric(stats::logLik(fit)),
     reml = lme4::isREML(fit),
     singular = lme4::isSingular(fit),
     optimizer_code = fit@optinfo$conv$opt,
-    conv_messages = if (is.null(conv)) character(0) else as.character(conv),
-    warnings = run$warnings,
-    messages = run$messages,
+    conv_messages = I(if (is.null(conv)) character(0) else as.character(conv)),
+    warnings = I(run$warnings),
+    messages = I(run$messages),
     nobs = stats::nobs(fit)
   ))
 }

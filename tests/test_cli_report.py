@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hiercompare as hc
+from hiercompare.cli import main
+from hiercompare.report import render_demo
+
+
+def test_simulate_and_fit_cli(tmp_path, capsys):
+    data, truth = tmp_path / "d.csv", tmp_path / "t.json"
+    assert main(["simulate", "--out", str(data), "--truth", str(truth), "--seed", "5"]) == 0
+    df = pd.read_csv(data)
+    ref, ref_truth = hc.simulate(seed=5)
+    np.testing.assert_allclose(df["y"], ref["y"], rtol=1e-14)
+    t = hc.Truth.from_json(truth)
+    pd.testing.assert_frame_equal(t.table, ref_truth.table, check_dtype=False)
+    out = tmp_path / "fit.json"
+    code = main(["fit", "--data", str(data), "--formula", "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)",
+                 "--backend", "mixedlm", "--method", "ml", "--out", str(out)])
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert res["backend"] == "mixedlm" and res["method"] == "ML"
+    assert res["provenance"]["seed"] is None and res["provenance"]["statsmodels"]
+    assert {r["effect"] for r in res["tidy"]} == {"fixed", "ran_pars", "ran_vals"}
+    assert res["timing"]["fit_seconds"] > 0 and res["diagnostics"]["converged"] is True
+    direct = hc.fit(ref, "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)", backend="mixedlm", method="ML")
+    assert res["loglik"] == pytest.approx(direct.loglik, abs=1e-6)
+
+
+def test_cli_reports_errors_cleanly(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    main(["simulate", "--out", str(data)])
+    code = main(["fit", "--data", str(data), "--formula", "y ~ x1 + (1 | nowhere)", "--backend", "ols"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "DataError" in err and "['nowhere'] are missing" in err
+
+
+def test_demo_subset_writes_report(tmp_path):
+    res = hc.demo.run_demo(tmp_path, backends=["ols", "mixedlm"], progress=lambda m: None)
+    html = (tmp_path / "report.html").read_text()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["formula"] == "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
+    assert [f["backend"] for f in saved["fits"]] == ["ols", "mixedlm"]
+    assert saved["provenance"]["seed"] == 123 and "git_commit" in saved["provenance"]
+    assert html.count("data:image/png;base64,") == 2
+    for section in ("Scenario and truth", "Fixed effects per backend", "Variance components", "Market intercepts",
+                    "Agreement between backends", "Timings", "Provenance"):
+        assert section in html
+    assert len(res["recovery"]) > 0
+
+
+def test_report_escapes_every_label(tmp_path):
+    res = hc.demo.run_demo(tmp_path, backends=["ols"], progress=lambda m: None)
+    evil = '<script>alert("x")</script>'
+    res["title"] = evil
+    res["fits"][0]["diagnostics"]["warnings"].append(evil)
+    res["skipped"] = [{"backend": "lme4", "reason": evil}]
+    res["provenance"]["note"] = evil
+    html = render_demo(res)
+    assert "<script>" not in html
+    assert html.count("&lt;script&gt;") >= 4
+
+
+@pytest.mark.r
+@pytest.mark.slow
+def test_full_demo_with_r(tmp_path):
+    res = hc.demo.run_demo(tmp_path, progress=lambda m: None)
+    assert [t["status"] for t in res["timings"]] == ["ok"] * 4
+    s = pd.DataFrame(res["agreement_summary"])
+    assert set(s.loc[s["pair"] == "ols vs r_lm", "verdict"]) == {"agree"}
+    mixed = s[s["pair"] == "mixedlm vs lme4"].set_index("param_class")["verdict"]
+    assert mixed.drop("ran_vals_se").eq("agree").all() and mixed["ran_vals_se"] == "info"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -34,6 +35,12 @@ _FORMULA = re.compile(r"^[A-Za-z0-9_.:+|()~ ]+$")
 
 @functools.lru_cache(maxsize=None)
 def _base_availability() -> tuple[bool, str]:
+    if "rpytools" in sys.modules:  # reticulate's helper module: this Python runs inside an R process
+        return False, (
+            "hiercompare is running inside R through reticulate, where rpy2 cannot start a second R "
+            "(it would crash the session); fit the R backends from R itself (e.g. lme4::lmer) or run "
+            "hiercompare from Python"
+        )
     try:
         import rpy2  # noqa: F401
     except Exception as exc:

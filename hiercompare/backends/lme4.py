@@ -18,7 +18,7 @@ from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame
 from .base import Backend
 
 Z95 = 1.959963984540054
-OPTIMIZERS = ("nloptwrap", "bobyqa", "Nelder_Mead")
+OPTIMIZERS = ("default", "nloptwrap", "bobyqa", "Nelder_Mead")  # default: lme4's own for lmer / glmer
 
 
 class Lme4Backend(Backend):
@@ -29,7 +29,7 @@ class Lme4Backend(Backend):
     def availability(self):
         return rbridge.availability(("lme4",))
 
-    def fit(self, md: ModelData, method: str = "REML", optimizer: str = "nloptwrap", **options) -> Fit:
+    def fit(self, md: ModelData, method: str = "REML", optimizer: str = "default", **options) -> Fit:
         if options:
             raise TypeError(f"lme4 options are method and optimizer; got {sorted(options)}")
         method = method.upper()

@@ -5,10 +5,12 @@ hc_fit_lme4 <- function(data, formula, family, reml, optimizer) {
   f <- stats::as.formula(formula, env = globalenv())
   run <- hc_capture(
     if (family == "gaussian") {
-      lme4::lmer(f, data = data, REML = reml, control = lme4::lmerControl(optimizer = optimizer))
+      ctrl <- if (optimizer == "default") lme4::lmerControl() else lme4::lmerControl(optimizer = optimizer)
+      lme4::lmer(f, data = data, REML = reml, control = ctrl)
     } else {
       fam <- switch(family, binomial = stats::binomial(), poisson = stats::poisson())
-      lme4::glmer(f, data = data, family = fam, control = lme4::glmerControl(optimizer = optimizer))
+      ctrl <- if (optimizer == "default") lme4::glmerControl() else lme4::glmerControl(optimizer = optimizer)
+      lme4::glmer(f, data = data, family = fam, control = ctrl)
     })
   if (inherits(run$value, "hc_error")) return(hc_json(list(error = run$value$message)))
   fit <- run$value

@@ -1,0 +1,31 @@
+# Run by tests/test_r_users.py (so by `make test`): hiercompare called from R through reticulate, checked
+# against lme4 fitted in the same R session.
+library(testthat)
+source(Sys.getenv("HIERCOMPARE_R_ENTRY"))
+
+test_that("hiercompare's mixedlm through reticulate agrees with lme4 in the same session", {
+  sim <- hc_simulate(seed = 123)
+  expect_equal(dim(sim$data), c(5000L, 6L))
+  f <- "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
+  td <- hc_tidy(hc_fit(sim$data, f, backend = "mixedlm"))
+  expect_true(all(c("effect", "group", "level", "term", "estimate", "std.error", "conf.low", "conf.high")
+                  %in% names(td)))
+  m <- lme4::lmer(stats::as.formula(f), data = sim$data)
+  fx <- td[td$effect == "fixed", ]
+  expect_equal(fx$term, names(lme4::fixef(m)))
+  expect_equal(fx$estimate, unname(lme4::fixef(m)), tolerance = 1e-4)
+  vc <- as.data.frame(lme4::VarCorr(m))
+  sd_market <- vc$sdcor[vc$grp == "market" & vc$var1 == "(Intercept)" & is.na(vc$var2)]
+  sd_sub <- vc$sdcor[vc$grp == "market:submarket"]
+  got <- td[td$effect == "ran_pars", ]
+  expect_equal(got$estimate[got$group == "market" & got$term == "sd__(Intercept)"], sd_market, tolerance = 1e-2)
+  expect_equal(got$estimate[got$group == "market:submarket"], sd_sub, tolerance = 1e-2)
+  re <- lme4::ranef(m)$market
+  mine <- td[td$effect == "ran_vals" & td$group == "market" & td$term == "(Intercept)", ]
+  expect_equal(mine$estimate[match(rownames(re), mine$level)], re[["(Intercept)"]], tolerance = 1e-2)
+})
+
+test_that("R backends say why they are unavailable inside R", {
+  sim <- hc_simulate(seed = 1)
+  expect_error(hc_fit(sim$data, "y ~ x1 + (1 | market)", backend = "lme4"), "inside R through reticulate")
+})

@@ -6,8 +6,8 @@ Public API: :func:`simulate`, :func:`fit`, :func:`compare`, :func:`recovery`, :c
 from ._version import __version__
 from .agreement import compare
 from .backends import available_backends, backends
-from .errors import (BackendError, BackendUnavailable, ConvergenceWarning, DataError, HierCompareError,
-                     NestingError, SpecError)
+from .errors import (BackendError, BackendUnavailable, ConvergenceWarning, CrossedFactorsError, DataError,
+                     HierCompareError, NestingError, SpecError)
 from .fitting import fit
 from .hierarchy import Hierarchy
 from .recovery import recovery
@@ -19,6 +19,6 @@ from .spec import ModelSpec
 __all__ = [
     "__version__", "simulate", "fit", "compare", "recovery", "backends", "available_backends",
     "ModelSpec", "Scenario", "LevelScenario", "Hierarchy", "Fit", "Truth",
-    "HierCompareError", "SpecError", "DataError", "NestingError", "BackendUnavailable", "BackendError",
+    "HierCompareError", "SpecError", "DataError", "NestingError", "CrossedFactorsError", "BackendUnavailable", "BackendError",
     "ConvergenceWarning",
 ]

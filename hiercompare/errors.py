@@ -21,6 +21,10 @@ class NestingError(DataError):
     """Grouping labels do not form a nested tree."""
 
 
+class CrossedFactorsError(NestingError, SpecError):
+    """The data show crossed grouping factors (every label shared across parents): a spec hiercompare refuses."""
+
+
 class BackendUnavailable(HierCompareError, RuntimeError):
     """A backend cannot run here (library or R missing); the message says how to install it."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .errors import NestingError, DataError
+from .errors import CrossedFactorsError, DataError, NestingError
 from .spec import GroupLevel, ModelSpec
 
 ROOT = "United_state"
@@ -142,7 +142,7 @@ def _parent_map(coarse: Level, fine_spec: GroupLevel, fine_labels: np.ndarray, f
             else ""
         )
         fix = ":".join(dict.fromkeys(coarse.spec.factor + fine_spec.factor))
-        raise NestingError(
+        raise (CrossedFactorsError if crossed else NestingError)(
             f"{fine_spec.group} is not nested in {coarse.group}: {len(bad)} of {len(fine_labels)} "
             f"{fine_spec.group} labels appear under more than one {coarse.group} ("
             + "; ".join(examples)

@@ -189,8 +189,10 @@ def simulate(scenario: Scenario | None = None, seed: int | None = 123) -> tuple[
         for j, term in enumerate(lv.sd):
             z = 1.0 if term == INTERCEPT else X[term]
             eta = eta + effects[d][idx[d], j] * z
+    noise = None
     if sc.family == "gaussian":
-        y = eta + rng.normal(0.0, sc.residual_sd, size=n)
+        noise = rng.normal(0.0, sc.residual_sd, size=n)
+        y = eta + noise
     elif sc.family == "binomial":
         y = rng.binomial(1, 1 / (1 + np.exp(-eta))).astype(float)
     else:
@@ -200,10 +202,10 @@ def simulate(scenario: Scenario | None = None, seed: int | None = 123) -> tuple[
         own = np.array([s.rsplit(":", 1)[-1] for s in labels[d + 1]], dtype=object)
         data[lv.name] = own[idx[d]]
     frame = pd.DataFrame(data)
-    return frame, Truth(table=_truth_table(sc, labels, effects), scenario=sc.to_dict(), seed=seed)
+    return frame, Truth(table=_truth_table(sc, labels, effects, noise), scenario=sc.to_dict(), seed=seed)
 
 
-def _truth_table(sc: Scenario, labels, effects) -> pd.DataFrame:
+def _truth_table(sc: Scenario, labels, effects, noise) -> pd.DataFrame:
     rows = []
     for t in (INTERCEPT,) + tuple(sc.predictors):
         rows.append(dict(effect="fixed", term=t, estimate=sc.fixed.get(t, 0.0), realized=sc.fixed.get(t, 0.0)))
@@ -227,7 +229,7 @@ def _truth_table(sc: Scenario, labels, effects) -> pd.DataFrame:
                                  realized=eff[g, j]))
     if sc.family == "gaussian":
         rows.append(dict(effect="ran_pars", group=RESIDUAL, term=sd_term("Observation"), estimate=sc.residual_sd,
-                         realized=np.nan))
+                         realized=float(noise.std(ddof=1))))
     table = tidy_frame(rows)
     table["realized"] = [r.get("realized", np.nan) for r in rows]
     return table

@@ -80,7 +80,7 @@ def test_single_group_is_an_error():
 def test_crossed_factors_in_data():
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"y": rng.normal(size=40), "a": np.repeat(list("ABCD"), 10), "b": np.tile(list("pqrst"), 8)})
-    with pytest.raises(NestingError, match="crossed, not nested"):
+    with pytest.raises(SpecError, match="crossed, not nested"):  # a CrossedFactorsError: both SpecError and DataError
         Hierarchy.build(hc.ModelSpec.from_formula("y ~ (1 | a) + (1 | b)"), df)
 
 

@@ -42,6 +42,7 @@ def test_truth_reproduces_the_data_exactly(seed_data):
     assert rp[("market", "sd__(Intercept)")] == pytest.approx(mk["(Intercept)"].std(ddof=1), rel=1e-12)
     assert rp[("market:submarket", "sd__(Intercept)")] == pytest.approx(sm["(Intercept)"].std(ddof=1), rel=1e-12)
     assert rp[("market", "cor__(Intercept).x1")] == pytest.approx(np.corrcoef(mk["(Intercept)"], mk["x1"])[0, 1])
+    assert rp[("Residual", "sd__Observation")] == pytest.approx(resid.std(), rel=1e-9)
 
 
 def test_same_seed_same_data_other_seed_other_data():

@@ -183,3 +183,9 @@ def test_r_error_is_carried():
 def test_versions_in_provenance(seed_fits):
     p = seed_fits["lme4"].provenance
     assert p["R"].startswith("R version") and p["lme4"] and p["rpy2"].startswith("3.5")
+
+
+def test_lme4_needs_a_group_term(seed_data):
+    data, _ = seed_data
+    with pytest.raises(hc.SpecError, match="lme4 needs at least one group term"):
+        hc.fit(data, "y ~ x1 + x2", backend="lme4")

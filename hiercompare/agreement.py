@@ -23,7 +23,7 @@ import pandas as pd
 from .results import KEY, RESIDUAL, Fit
 
 LEAST_SQUARES = frozenset({"ols", "r_lm"})
-MIXED = frozenset({"mixedlm", "lme4"})
+MIXED = frozenset({"mixedlm", "lme4", "native"})
 BOUNDARY_SD = 1e-3
 
 

@@ -57,9 +57,7 @@ class Hierarchy:
     def build(cls, spec: ModelSpec, data: pd.DataFrame, root: str = ROOT) -> "Hierarchy":
         prepared = []
         for lv in spec.levels:
-            lab = factor_labels(data, lv.factor)
-            codes, labels = pd.factorize(lab, sort=True)
-            labels = np.asarray(labels, dtype=object)
+            codes, labels = factorize(data, lv.factor)
             if len(labels) < 2:
                 raise DataError(
                     f"the grouping factor {lv.group} has a single level ({labels[0]!r} if any): a variance "
@@ -122,6 +120,35 @@ def factor_labels(data: pd.DataFrame, factor: tuple[str, ...]) -> np.ndarray:
     for c in cols[1:]:
         out = out + ":" + c
     return out
+
+
+def factorize(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes and sorted labels of a (possibly interaction) grouping factor.
+
+    Each column is factorised on its own and the codes combined as integers, so strings are built only for
+    the distinct combinations, not for every row.
+    """
+    key = np.zeros(len(data), dtype=np.int64)
+    parts = []
+    for c in factor:
+        codes, uniques = pd.factorize(data[c].astype(str), sort=False)
+        parts.append(np.asarray(uniques, dtype=object))
+        key = key * len(uniques) + codes
+    uniq_key, inverse = np.unique(key, return_inverse=True)
+    labels = np.empty(len(uniq_key), dtype=object)
+    rem = uniq_key.copy()
+    pieces = []
+    for uniques in reversed(parts):
+        pieces.append(uniques[rem % len(uniques)])
+        rem = rem // len(uniques)
+    pieces = pieces[::-1]
+    labels = pieces[0].astype(object)
+    for p in pieces[1:]:
+        labels = labels + ":" + p
+    order = np.argsort(labels.astype(str), kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[inverse].astype(np.int64), labels[order]
 
 
 def _parent_map(coarse: Level, fine_spec: GroupLevel, fine_labels: np.ndarray, fine_codes: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "r_lm": "hiercompare.backends.r_lm:RLmBackend",
     "mixedlm": "hiercompare.backends.mixedlm:MixedLMBackend",
     "lme4": "hiercompare.backends.lme4:Lme4Backend",
+    "native": "hiercompare.backends.native:NativeBackend",
 }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -78,6 +78,8 @@ class Fit:
     timing: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     raw: Any = field(default=None, repr=False)
+    nonlinear: Callable[[pd.DataFrame], np.ndarray] | None = field(default=None, repr=False)
+    """The learned population-level f(x) of the machine-learning backends (added to X beta), if any."""
 
     # ------------------------------------------------------------------ views
     def tidy(self, effects: str | list[str] | None = None) -> pd.DataFrame:
@@ -117,7 +119,8 @@ class Fit:
     def decompose(self, newdata: pd.DataFrame | None = None) -> pd.DataFrame:
         """Split each row's linear predictor into national + level parts.
 
-        Columns: ``national`` (the fixed part X beta), then ``"<group>|<term>"`` for every varying term of
+        Columns: ``national`` (the fixed part X beta), ``nonlinear`` (the learned f(x) of the machine-learning
+        backends, absent otherwise), then ``"<group>|<term>"`` for every varying term of
         every level (intercept deviations, and slope deviations times the covariate), then ``prediction``,
         their sum, which is what :meth:`predict` returns on the link scale. A label not seen in fitting
         contributes 0 (population level) at that level and below it only where its own label is unseen;
@@ -130,6 +133,8 @@ class Fit:
         if fe.isna().any():
             raise DataError(f"{self.backend}: fixed effects missing for {list(fe[fe.isna()].index)}")
         parts = {"national": X @ fe.to_numpy()}
+        if self.nonlinear is not None:
+            parts["nonlinear"] = np.asarray(self.nonlinear(data), dtype=float)
         unseen = {}
         ran = self.ranef() if md.hierarchy.levels else {}
         for lv in md.hierarchy.levels:

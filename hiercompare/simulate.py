@@ -77,6 +77,7 @@ class Scenario:
     response: str = "y"
     root: str = ROOT
     name: str = "seed"
+    nonlinear: str | None = None  # a key of NONLINEAR: a known f(x) added to the linear predictor
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -93,6 +94,12 @@ class Scenario:
         for t in self.fixed:
             if t != INTERCEPT and t not in self.predictors:
                 raise SpecError(f"fixed effect {t!r} is not among predictors {self.predictors}")
+        if self.nonlinear is not None:
+            if self.nonlinear not in NONLINEAR:
+                raise SpecError(f"nonlinear must be one of {sorted(NONLINEAR)}, got {self.nonlinear!r}")
+            missing = set(NONLINEAR[self.nonlinear][1]) - set(self.predictors)
+            if missing:
+                raise SpecError(f"nonlinear {self.nonlinear!r} needs predictors {sorted(missing)}")
 
     # ------------------------------------------------------------------ formula
     def group_name(self, depth: int) -> str:
@@ -130,6 +137,27 @@ class Scenario:
         if "predictors" in d:
             d["predictors"] = tuple(d["predictors"])
         return cls(levels=tuple(levels) if levels else _default_levels(), **d)
+
+
+def _sin_threshold(X: dict) -> np.ndarray:
+    x1, x2 = X["x1"], X["x2"]
+    return 0.8 * np.sin(2.0 * x2) + 0.6 * (x2 > 0.5) + 0.5 * x1 * x2 - 0.3 * x2
+
+
+# name -> (f, predictors it reads). Each f is centred so that E f(x) = 0 for independent N(0, 1) predictors,
+# keeping the national intercept interpretable: E[0.8 sin(2 x2)] = 0, E[0.6 (x2 > 0.5)] = 0.6 P(Z > 0.5),
+# E[0.5 x1 x2] = 0, E[-0.3 x2] = 0.
+NONLINEAR = {
+    "sin_threshold": (lambda X: _sin_threshold(X) - 0.6 * 0.3085375387259869, ("x1", "x2")),
+}
+
+
+def nonlinear_part(scenario: "Scenario", data: pd.DataFrame) -> np.ndarray:
+    """The true nonlinear part f(x) of a scenario, evaluated on ``data`` (0 where the scenario has none)."""
+    if scenario.nonlinear is None:
+        return np.zeros(len(data))
+    f, cols = NONLINEAR[scenario.nonlinear]
+    return f({c: data[c].to_numpy(dtype=float) for c in cols})
 
 
 def _sizes(rng: np.random.Generator, size: Size, n_parents: int) -> np.ndarray:
@@ -185,6 +213,8 @@ def simulate(scenario: Scenario | None = None, seed: int | None = 123) -> tuple[
     eta = np.full(n, sc.fixed.get(INTERCEPT, 0.0))
     for p in sc.predictors:
         eta = eta + sc.fixed.get(p, 0.0) * X[p]
+    if sc.nonlinear is not None:
+        eta = eta + NONLINEAR[sc.nonlinear][0](X)
     for d, lv in enumerate(sc.levels):
         for j, term in enumerate(lv.sd):
             z = 1.0 if term == INTERCEPT else X[term]

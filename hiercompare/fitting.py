@@ -67,7 +67,7 @@ def fit(
     be = get_backend(backend)
     be.check(spec)
     md = prepare(spec, data, na_action=na_action)
-    if be.name in _SEEDED:
+    if be.takes_seed:
         options = {"seed": seed, **options}
     t1 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -103,5 +103,3 @@ def fit(
     }
     return result
 
-
-_SEEDED: set[str] = set()  # backends whose fit() takes a seed (the samplers and learners)

@@ -129,7 +129,11 @@ class Fit:
         md = self._require_model()
         data = md.data if newdata is None else newdata
         X = md.X if newdata is None else md.fixed_matrix(newdata)
-        fe = self.fixef.reindex(md.fixed_names)
+        if self.fixef.empty and self.nonlinear is not None:
+            # a pure learner (the naive baselines): no linear fixed part, f(x) carries the population level
+            fe = pd.Series(0.0, index=md.fixed_names)
+        else:
+            fe = self.fixef.reindex(md.fixed_names)
         if fe.isna().any():
             raise DataError(f"{self.backend}: fixed effects missing for {list(fe[fe.isna()].index)}")
         parts = {"national": X @ fe.to_numpy()}

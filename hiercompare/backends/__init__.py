@@ -16,6 +16,8 @@ REGISTRY: dict[str, str] = {
     "mixedlm": "hiercompare.backends.mixedlm:MixedLMBackend",
     "lme4": "hiercompare.backends.lme4:Lme4Backend",
     "native": "hiercompare.backends.native:NativeBackend",
+    "lightgbm": "hiercompare.backends.lightgbm:LightGBMBackend",
+    "lightgbm-cat": "hiercompare.backends.lightgbm:LightGBMCatBackend",
 }
 
 

@@ -17,6 +17,7 @@ class Backend:
     description: str = ""
     requires: tuple[str, ...] = ()  # python modules needed
     install_hint: str = "run `make install`"
+    takes_seed: bool = False  # True for backends that draw random numbers (samplers, learners): fit() passes seed
 
     def availability(self) -> tuple[bool, str]:
         for mod in self.requires:

@@ -1,0 +1,92 @@
+"""Default priors for the Bayesian backends, scaled to the data, shared by ``pymc`` and ``brms``.
+
+Weakly informative, in the spirit of bambi's and brms's defaults, but written out explicitly so both backends
+sample the SAME model (brms's own defaults are flat on slopes and scale by the MAD; bambi scales normal priors
+by the SDs of y and x). With s_y the SD of the response (gaussian) or 1 (binomial / poisson, link scale) and
+s_x the SD of a fixed-effect column:
+
+================================  ==========================================================
+parameter class                   default prior
+================================  ==========================================================
+``intercept``                     Normal(m_y, 2.5 s_y)  (m_y: mean of y; 0 for binomial/poisson)
+``b`` (each other fixed column)   Normal(0, 2.5 s_y / s_x)
+``sd`` (every group-level SD)     half-Student-t(3, 0, s_y)
+``sigma`` (residual SD)           half-Student-t(3, 0, s_y)
+``cor`` (each correlated block)   LKJ(eta = 2) on the correlation matrix
+================================  ==========================================================
+
+Every class can be overridden: ``Priors.default(md).replace(sd=("student_t", 3, 0, 1.0))``. Distribution
+tuples are ``("normal", mu, sigma)``, ``("student_t", nu, mu, sigma)`` (half- for SDs) and ``("lkj", eta)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .design import ModelData
+from .errors import SpecError
+from .spec import INTERCEPT
+
+KINDS = {"normal": 3, "student_t": 4, "lkj": 2}
+
+
+def _check(dist, what):
+    if not isinstance(dist, tuple) or not dist or dist[0] not in KINDS or len(dist) != KINDS[dist[0]]:
+        raise SpecError(f"prior for {what} must be one of ('normal', mu, sigma), ('student_t', nu, mu, sigma), "
+                        f"('lkj', eta); got {dist!r}")
+    if any(not np.isfinite(float(v)) for v in dist[1:]):
+        raise SpecError(f"prior for {what} has a non-finite parameter: {dist!r}")
+    return tuple([dist[0]] + [float(v) for v in dist[1:]])
+
+
+@dataclass(frozen=True)
+class Priors:
+    """Priors per parameter class; ``b`` maps fixed-effect column names to their prior."""
+
+    intercept: tuple
+    b: dict = field(default_factory=dict)
+    sd: tuple = ("student_t", 3.0, 0.0, 1.0)
+    sigma: tuple = ("student_t", 3.0, 0.0, 1.0)
+    cor: tuple = ("lkj", 2.0)
+
+    @classmethod
+    def default(cls, md: ModelData) -> "Priors":
+        y = md.y
+        gaussian = md.spec.family == "gaussian"
+        s_y = float(np.std(y, ddof=1)) if gaussian else 1.0
+        m_y = float(np.mean(y)) if gaussian else 0.0
+        b = {}
+        for j, name in enumerate(md.fixed_names):
+            if name == INTERCEPT:
+                continue
+            s_x = float(np.std(md.X[:, j], ddof=1))
+            b[name] = ("normal", 0.0, 2.5 * s_y / (s_x if s_x > 0 else 1.0))
+        return cls(intercept=("normal", m_y, 2.5 * s_y), b=b, sd=("student_t", 3.0, 0.0, s_y),
+                   sigma=("student_t", 3.0, 0.0, s_y), cor=("lkj", 2.0))
+
+    def replace(self, **changes) -> "Priors":
+        """A copy with some classes overridden (validated)."""
+        unknown = set(changes) - {"intercept", "b", "sd", "sigma", "cor"}
+        if unknown:
+            raise SpecError(f"unknown prior classes {sorted(unknown)}; use intercept, b, sd, sigma, cor")
+        if "b" in changes and isinstance(changes["b"], tuple):  # one prior for every slope
+            changes["b"] = {k: changes["b"] for k in self.b}
+        out = replace(self, **changes)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        _check(self.intercept, "intercept")
+        for k, v in self.b.items():
+            _check(v, f"b[{k}]")
+        for name in ("sd", "sigma"):
+            d = _check(getattr(self, name), name)
+            if d[0] != "student_t" or d[2] != 0:
+                raise SpecError(f"the {name} prior must be a half-Student-t ('student_t', nu, 0, scale)")
+        if _check(self.cor, "cor")[0] != "lkj":
+            raise SpecError("the cor prior must be ('lkj', eta)")
+
+    def to_dict(self) -> dict:
+        return {"intercept": list(self.intercept), "b": {k: list(v) for k, v in self.b.items()},
+                "sd": list(self.sd), "sigma": list(self.sigma), "cor": list(self.cor)}

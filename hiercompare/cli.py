@@ -1,4 +1,4 @@
-"""Command line: ``hiercompare demo | simulate | fit | backends``."""
+"""Command line: ``hiercompare demo | simulate | fit | study | backends``."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +52,22 @@ def _cmd_fit(args) -> int:
     return 0
 
 
+def _cmd_study(args) -> int:
+    from pathlib import Path
+
+    from .performance import performance
+    from .study import Study
+
+    st = Study.from_toml(args.config)
+    out = Path(args.out or f"study_{st.name}")
+    table = st.run(out, workers=args.workers, scheduler=args.scheduler)
+    performance(table).to_csv(out / "performance.csv", index=False)
+    failed = int((table["error"] != "").sum())
+    print(f"study {st.name}: {len(st.units())} units, {len(table)} rows, {failed} failed fits; wrote "
+          f"{out / 'results.parquet'}, {out / 'manifest.json'} and {out / 'performance.csv'}", file=sys.stderr)
+    return 0
+
+
 def _cmd_backends(args) -> int:
     from .backends import backends
 
@@ -88,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=None)
     f.add_argument("--out", default=None, help="JSON file (default: stdout)")
     f.set_defaults(func=_cmd_fit)
+
+    st = sub.add_parser("study", help="run (or resume) a simulation study from a TOML config")
+    st.add_argument("config", help="TOML file: [study], [[scenario]], [options.<backend>] (see validation/)")
+    st.add_argument("--out", default=None, help="output folder (default: study_<name>); rerun to resume")
+    st.add_argument("--workers", type=int, default=None, help="local worker processes (default: all CPUs)")
+    st.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786")
+    st.set_defaults(func=_cmd_study)
 
     b = sub.add_parser("backends", help="list backends and whether they can run here")
     b.set_defaults(func=_cmd_backends)

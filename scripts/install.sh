@@ -52,7 +52,7 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   $PIP install "torch==2.13.0" || echo "install: NOTE: torch==2.13.0 could not be installed; the torch backend will be unavailable"
 fi
-extras="bayes,ml,dev"
+extras="bayes,ml,study,dev"
 if [ "$r_status" = "ok" ]; then extras="r,$extras"; fi
 $PIP install -e ".[$extras]"
 mkdir -p "$VENV"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import sys
 import threading
@@ -47,10 +48,18 @@ def _base_availability() -> tuple[bool, str]:
         return False, f"rpy2 is not installed ({exc}); {INSTALL_HINT}"
     try:
         with _LOCK:
+            saved = os.environ.get("LD_LIBRARY_PATH")
             import rpy2.robjects as ro  # starts embedded R
 
             _quiet_console()
             ro.r("invisible(TRUE)")
+            # starting R prepends R's library folders (and the system's) to LD_LIBRARY_PATH; child processes
+            # started later (study workers, Dask, subprocess tests) would then load the system libpython
+            # instead of this interpreter's. This process has already loaded what it needs, so restore it.
+            if saved is None:
+                os.environ.pop("LD_LIBRARY_PATH", None)
+            else:
+                os.environ["LD_LIBRARY_PATH"] = saved
     except Exception as exc:
         return False, f"R cannot be started through rpy2 ({str(exc).splitlines()[0] if str(exc) else exc}); {INSTALL_HINT}"
     return True, ""

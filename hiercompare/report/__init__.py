@@ -48,6 +48,8 @@ def render_demo(results: dict) -> str:
         columns=["effect", "group", "level", "term", "estimate", "conf_low", "conf_high", "backend"])
     for c in ("group", "level"):
         tidy[c] = tidy[c].fillna("")
+    for c in ("estimate", "std_error", "conf_low", "conf_high"):  # JSON nulls (no interval) -> NaN
+        tidy[c] = pd.to_numeric(tidy[c], errors="coerce").astype(float)
     backends = [f["backend"] for f in fits]
 
     # truth table (fixed + variance parameters)

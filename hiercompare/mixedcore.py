@@ -150,7 +150,9 @@ class MixedCore:
 
     # ------------------------------------------------------------------ the elimination
     def _eliminate(self, theta, keep: bool = False):
-        lam = self.lambdas(theta)
+        return self._eliminate_lam(self.lambdas(theta), keep)
+
+    def _eliminate_lam(self, lam, keep: bool = False):
         T = np.zeros((self.K + self.p + 1,) * 2)
         off = 0
         for li, k in enumerate(self.k):
@@ -315,6 +317,37 @@ class MixedCore:
             sigma=float(np.sqrt(sigma2)), cov=cov, blups=blups, blup_cov=blup_cov, converged=converged,
             singular=singular, message=message, n_evals=n_evals, optimizer=list(optimizer or []),
         )
+
+
+    def sample_effects(self, lam, beta, sigma: float, rng: np.random.Generator) -> list[np.ndarray]:
+        """One exact draw of every group effect b from p(b | beta, sigma, Lambda, y) (Gaussian), top down.
+
+        ``lam`` are the relative factors (Sigma_l = sigma^2 Lambda_l Lambda_l'); used by the Bayesian backend
+        to complete posterior draws when the random effects were integrated out while sampling.
+        """
+        _, _, stored, _ = self._eliminate_lam(lam, keep=True)
+        p = self.p
+        path = np.broadcast_to(np.asarray(beta, dtype=float), (1, p))
+        out = []
+        for li in range(self.L):
+            M = stored[li]
+            k = self.k[li]
+            start = int(sum(self.k[:li]))
+            par = self.levels[li].parent if li else np.zeros(M.shape[0], dtype=int)
+            e = np.arange(start, start + k)
+            xcols = np.arange(start + k, start + k + p)
+            Aee = M[:, e][:, :, e]
+            A_anc = np.concatenate([M[:, e][:, :, xcols], M[:, e][:, :, np.arange(start)]], axis=2)
+            c = M[:, e, start + k + p]
+            rhs = c - np.einsum("gij,gj->gi", A_anc, path[par])
+            Lc = np.linalg.cholesky(Aee)
+            mean = np.linalg.solve(Aee, rhs[..., None])[..., 0]
+            # u = mean + sigma * L^-T z has covariance sigma^2 A^-1
+            z = rng.standard_normal(mean.shape)
+            u = mean + sigma * np.linalg.solve(np.swapaxes(Lc, 1, 2), z[..., None])[..., 0]
+            out.append(u @ lam[li].T)
+            path = np.concatenate([path[par], u], axis=1)
+        return out
 
 
 def from_model_data(md, offset=None) -> MixedCore:

@@ -80,6 +80,8 @@ class Fit:
     raw: Any = field(default=None, repr=False)
     nonlinear: Callable[[pd.DataFrame], np.ndarray] | None = field(default=None, repr=False)
     """The learned population-level f(x) of the machine-learning backends (added to X beta), if any."""
+    extras: dict = field(default_factory=dict, repr=False)
+    """Backend-specific extras by name (e.g. the Bayesian backends' posterior predictive draws and LOO)."""
 
     # ------------------------------------------------------------------ views
     def tidy(self, effects: str | list[str] | None = None) -> pd.DataFrame:
@@ -110,6 +112,21 @@ class Fit:
                 raise KeyError(f"no ran_vals for {group!r}; groups are {list(out)}")
             return out[group]
         return out
+
+    def posterior_predictive(self, **kwargs) -> np.ndarray:
+        """Posterior predictive draws for the fitted rows, shape (draws, rows) (Bayesian backends)."""
+        return self._extra("posterior_predictive", **kwargs)
+
+    def loo(self, **kwargs):
+        """PSIS leave-one-out cross-validation (arviz's ELPDData) (Bayesian backends)."""
+        return self._extra("loo", **kwargs)
+
+    def _extra(self, name, **kwargs):
+        if name not in self.extras:
+            from .errors import HierCompareError
+
+            raise HierCompareError(f"the {self.backend} backend provides no {name}; use a Bayesian backend (pymc)")
+        return self.extras[name](**kwargs)
 
     @property
     def converged(self) -> bool:

@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "native": "hiercompare.backends.native:NativeBackend",
     "lightgbm": "hiercompare.backends.lightgbm:LightGBMBackend",
     "lightgbm-cat": "hiercompare.backends.lightgbm:LightGBMCatBackend",
+    "pymc": "hiercompare.backends.pymc:PyMCBackend",
 }
 
 

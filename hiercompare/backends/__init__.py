@@ -16,6 +16,8 @@ REGISTRY: dict[str, str] = {
     "mixedlm": "hiercompare.backends.mixedlm:MixedLMBackend",
     "lme4": "hiercompare.backends.lme4:Lme4Backend",
     "native": "hiercompare.backends.native:NativeBackend",
+    "torch": "hiercompare.backends.torch:TorchBackend",
+    "torch-embed": "hiercompare.backends.torch:TorchEmbedBackend",
     "lightgbm": "hiercompare.backends.lightgbm:LightGBMBackend",
     "lightgbm-cat": "hiercompare.backends.lightgbm:LightGBMCatBackend",
     "pymc": "hiercompare.backends.pymc:PyMCBackend",

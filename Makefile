@@ -23,6 +23,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/run.py --out bench_out/results.json
+	$(BIN)/python bench/bayes.py bench_out/bayes.json
 
 clean:
 	rm -rf $(VENV) demo_out bench_out .pytest_cache

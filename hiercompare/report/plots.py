@@ -85,3 +85,379 @@ def _natural(s: str):
     import re
 
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s))]
+
+
+# ---------------------------------------------------------------------------------------------- study report
+def _grid(plt, n: int, ncols: int, width: float, height: float):
+    """A figure with ``n`` panels in rows of ``ncols``; unused panels are hidden. Returns (fig, flat axes)."""
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def estimates_vs_truth_plot(rows: pd.DataFrame, title: str = "") -> str:
+    """Every replication's estimate per backend, one panel per parameter, with the generating value marked.
+
+    Parameters
+    ----------
+    rows : DataFrame
+        Study result rows (one scenario; ``fixed`` and ``ran_pars``) with ``backend``, ``effect``, ``group``,
+        ``term``, ``estimate`` and ``truth``.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    str
+        Base64 PNG.
+    """
+    plt = _pyplot()
+    rows = rows[rows["estimate"].notna()]
+    params = list(dict.fromkeys(zip(rows["effect"], rows["group"], rows["term"])))
+    backends = list(dict.fromkeys(rows["backend"]))
+    fig, axes = _grid(plt, max(len(params), 1), 4, 3.3, 2.7)
+    rng = np.random.default_rng(0)  # horizontal jitter only
+    for ax, (eff, grp, term) in zip(axes, params):
+        sub = rows[(rows["effect"] == eff) & (rows["group"] == grp) & (rows["term"] == term)]
+        for i, b in enumerate(backends):
+            v = sub.loc[sub["backend"] == b, "estimate"].to_numpy(dtype=float)
+            ax.scatter(i + rng.uniform(-0.18, 0.18, len(v)), v, s=9, alpha=0.6)
+            if len(v):
+                ax.plot([i - 0.3, i + 0.3], [v.mean()] * 2, color="black", lw=1.2)
+        tv = sub["truth"].dropna()
+        if len(tv):
+            ax.axhline(float(tv.mean()), color="red", lw=1, ls="--", label="truth")
+        ax.set_xticks(range(len(backends)))
+        ax.set_xticklabels(backends, rotation=40, ha="right", fontsize=7)
+        ax.set_title(f"{grp + ': ' if grp else ''}{term}", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def zip_plot(rows: pd.DataFrame, title: str = "") -> str:
+    """Zip plot of confidence intervals (Morris, White & Crowther 2019, Fig. 4), one panel per backend x parameter.
+
+    Within a panel the replications' 95% intervals are drawn horizontally, ranked by
+    ``|z| = |estimate - truth| / std_error`` (the interval width / 3.92 stands in where a backend gives no SE);
+    the vertical axis is the fractional centile of ``|z|``. Intervals that cover the truth are blue, those that
+    miss it red; the panel title gives the coverage and its Monte Carlo SE, and a dotted line marks the 95th
+    centile (above it, intervals should miss).
+
+    Parameters
+    ----------
+    rows : DataFrame
+        Study result rows with ``backend``, ``effect``, ``group``, ``term``, ``estimate``, ``std_error``,
+        ``conf_low``, ``conf_high`` and ``truth``; rows without both interval ends are left out.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    str
+        Base64 PNG ("" when no row has an interval).
+    """
+    plt = _pyplot()
+    ok = rows[np.isfinite(rows["conf_low"]) & np.isfinite(rows["conf_high"]) & rows["truth"].notna()]
+    if ok.empty:
+        return ""
+    cells = list(dict.fromkeys(zip(ok["backend"], ok["effect"], ok["group"], ok["term"])))
+    fig, axes = _grid(plt, len(cells), 4, 3.0, 2.8)
+    for ax, (b, eff, grp, term) in zip(axes, cells):
+        sub = ok[(ok["backend"] == b) & (ok["effect"] == eff) & (ok["group"] == grp) & (ok["term"] == term)]
+        est, lo, hi, t = (sub[c].to_numpy(dtype=float) for c in ("estimate", "conf_low", "conf_high", "truth"))
+        se = sub["std_error"].to_numpy(dtype=float)
+        se = np.where(np.isfinite(se) & (se > 0), se, (hi - lo) / 3.92)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.abs(est - t) / se
+        z = np.where(np.isfinite(z), z, np.inf)
+        order = np.argsort(z, kind="mergesort")
+        n = len(order)
+        centile = (np.arange(n) + 0.5) / n * 100
+        cover = (lo <= t) & (t <= hi)
+        for c, k in zip(centile, order):
+            ax.plot([lo[k], hi[k]], [c, c], color="#1f77b4" if cover[k] else "#d62728", lw=1.4 if n < 60 else 0.8)
+        ax.axvline(float(np.mean(t)), color="black", lw=0.8)
+        ax.axhline(95, color="grey", lw=0.8, ls=":")
+        p = cover.mean()
+        mcse = np.sqrt(p * (1 - p) / n)
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{b}\n{grp + ': ' if grp else ''}{term}\ncoverage {p:.3f} (MCSE {mcse:.3f}), n={n}", fontsize=7)
+        ax.set_ylabel("centile of |z|", fontsize=7)
+        ax.tick_params(labelsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def caterpillar_plot(rows: pd.DataFrame, truth: pd.Series, title: str = "", max_levels: int = 60) -> str:
+    """Group effects of one grouping factor and term, one panel per backend, against the drawn truth.
+
+    Parameters
+    ----------
+    rows : DataFrame
+        ``ran_vals`` rows of ONE replication, one group and one term, with ``backend``, ``level``,
+        ``estimate``, ``conf_low`` and ``conf_high``.
+    truth : Series
+        The drawn effect per level (index: level label).
+    title : str
+        Figure title.
+    max_levels : int
+        At most this many levels are drawn (the first by the truth's order); the title says so when cut.
+
+    Returns
+    -------
+    str
+        Base64 PNG.
+    """
+    plt = _pyplot()
+    levels = list(truth.sort_values().index)
+    cut = len(levels) > max_levels
+    if cut:
+        keep = set(sorted(levels, key=_natural)[:max_levels])
+        levels = [lv for lv in levels if lv in keep]
+    backends = list(dict.fromkeys(rows["backend"]))
+    n = max(len(backends), 1)
+    fig, axes = _grid(plt, n, 4, 3.2, max(2.5, 0.13 * len(levels) + 1.2))
+    y = np.arange(len(levels))
+    for ax, b in zip(axes, backends):
+        sub = rows[rows["backend"] == b].set_index("level").reindex(levels)
+        est = sub["estimate"].to_numpy(dtype=float)
+        lo, hi = sub["conf_low"].to_numpy(dtype=float), sub["conf_high"].to_numpy(dtype=float)
+        has = np.isfinite(lo) & np.isfinite(hi)
+        ax.hlines(y[has], lo[has], hi[has], color="#1f77b4", lw=1)
+        ax.scatter(est, y, s=10, color="#1f77b4", zorder=3, label="estimate (95% interval)")
+        ax.scatter(truth.reindex(levels).to_numpy(dtype=float), y, marker="x", s=14, color="red", zorder=4,
+                   label="truth (drawn)")
+        ax.axvline(0, color="grey", lw=0.6)
+        ax.set_title(b, fontsize=8)
+        ax.set_yticks(y)
+        ax.set_yticklabels(levels if len(levels) <= 30 else [""] * len(levels), fontsize=6)
+        ax.tick_params(axis="x", labelsize=7)
+    if axes:
+        axes[0].legend(fontsize=6, loc="lower right")
+    fig.suptitle(title + (f" (first {max_levels} levels by label)" if cut else ""), fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def bland_altman_plot(pairs: pd.DataFrame, a: str, b: str, title: str = "") -> str:
+    """Bland-Altman plot of two backends' paired estimates: difference ``a - b`` against their mean.
+
+    Parameters
+    ----------
+    pairs : DataFrame
+        One row per paired parameter estimate with ``est_a``, ``est_b`` and ``effect`` (colour).
+    a, b : str
+        Backend names (axis labels).
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    str
+        Base64 PNG with the mean difference and the 95% limits of agreement (mean +- 1.96 SD) drawn.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    diff = pairs["est_a"].to_numpy(dtype=float) - pairs["est_b"].to_numpy(dtype=float)
+    mean = (pairs["est_a"].to_numpy(dtype=float) + pairs["est_b"].to_numpy(dtype=float)) / 2
+    for eff in dict.fromkeys(pairs["effect"]):
+        m = (pairs["effect"] == eff).to_numpy()
+        ax.scatter(mean[m], diff[m], s=8, alpha=0.6, label=eff)
+    if len(diff):
+        md = float(np.mean(diff))
+        sd = float(np.std(diff, ddof=1)) if len(diff) > 1 else 0.0
+        ax.axhline(md, color="black", lw=1, label=f"mean difference {md:.3g}")
+        for v in (md - 1.96 * sd, md + 1.96 * sd):
+            ax.axhline(v, color="black", lw=0.8, ls="--")
+        ax.set_title((title + "\n" if title else "") + f"limits of agreement [{md - 1.96 * sd:.3g}, {md + 1.96 * sd:.3g}]",
+                     fontsize=9)
+    ax.set_xlabel(f"mean of {a} and {b}")
+    ax.set_ylabel(f"{a} - {b}")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _tree_positions(children: dict, root) -> dict:
+    """x positions of a layered tree: leaves consecutive, parents centred over their children."""
+    pos: dict = {}
+    counter = [0]
+
+    def visit(node):
+        kids = children.get(node, [])
+        if not kids:
+            pos[node] = float(counter[0])
+            counter[0] += 1
+        else:
+            for k in kids:
+                visit(k)
+            pos[node] = (pos[kids[0]] + pos[kids[-1]]) / 2
+        return pos[node]
+
+    visit(root)
+    return pos
+
+
+def hierarchy_plot(root: str, root_value: float | None, levels: list[pd.DataFrame], title: str = "",
+                   max_top: int = 12, expand: int = 3) -> str:
+    """The tree root -> level 1 -> level 2 ... drawn top-down, each node annotated with its estimated offset.
+
+    Parameters
+    ----------
+    root : str
+        Name of the root (``United_state``).
+    root_value : float or None
+        The national intercept (fixed effect) written under the root.
+    levels : list of DataFrame
+        One frame per level, top first, with ``level`` (the full label, ``Market_0:Sub1`` below the top) and
+        ``estimate`` (the intercept deviation of that group). A label's parent is the part before its last
+        ``:``.
+    title : str
+        Figure title (should say which backend and replication).
+    max_top : int
+        At most this many top-level nodes are drawn.
+    expand : int
+        Only the children of the first ``expand`` drawn nodes of a level are drawn at the next level.
+
+    Returns
+    -------
+    str
+        Base64 PNG.
+    """
+    plt = _pyplot()
+    children: dict = {root: []}
+    value: dict = {root: root_value}
+    depth_of: dict = {root: 0}
+    shown_prev = [root]
+    for d, lv in enumerate(levels, start=1):
+        labels = sorted(lv["level"].astype(str), key=_natural)
+        est = dict(zip(lv["level"].astype(str), lv["estimate"].astype(float)))
+        if d == 1:
+            pick = labels[:max_top]
+            parents_of = {lab: root for lab in pick}
+        else:
+            allowed = set(shown_prev[:expand])
+            pick = [lab for lab in labels if lab.rsplit(":", 1)[0] in allowed]
+            parents_of = {lab: lab.rsplit(":", 1)[0] for lab in pick}
+        for lab in pick:
+            children.setdefault(parents_of[lab], []).append(lab)
+            value[lab] = est[lab]
+            depth_of[lab] = d
+        shown_prev = pick
+    pos = _tree_positions(children, root)
+    width = max(6.0, 0.9 * (max(pos.values()) + 1))
+    fig, ax = plt.subplots(figsize=(min(width, 22), 1.7 * (len(levels) + 1) + 0.6))
+    colours = ["#444444", "#1f77b4", "#2ca02c", "#9467bd", "#8c564b"]
+    for parent, kids in children.items():
+        for k in kids:
+            ax.plot([pos[parent], pos[k]], [-depth_of[parent], -depth_of[k]], color="#bbbbbb", lw=0.8, zorder=1)
+    for node, x in pos.items():
+        d = depth_of[node]
+        ax.scatter([x], [-d], s=40, color=colours[min(d, len(colours) - 1)], zorder=3)
+        name = node.rsplit(":", 1)[-1] if d > 1 else node
+        v = value.get(node)
+        txt = name if v is None or not np.isfinite(v) else f"{name}\n{v:+.3f}"
+        ax.text(x, -d - 0.12, txt, ha="center", va="top", fontsize=7 if d > 1 else 8, rotation=0 if d < 2 else 60)
+    ax.set_ylim(-len(levels) - 0.9, 0.4)
+    ax.set_xlim(min(pos.values()) - 0.8, max(pos.values()) + 0.8)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+TREE_KIND_COLOURS = {"market": "#1f77b4", "submarket": "#2ca02c", "slope": "#ff7f0e", "other": "#7f7f7f",
+                     "leaf": "#d9d9d9"}
+
+
+def lightgbm_tree_plot(booster, tree_index: int = 0, feature_names: list[str] | None = None,
+                       feature_kinds: dict[str, str] | None = None, title: str = "") -> str:
+    """Draw one tree of a LightGBM Booster, nodes coloured by the kind of their split feature.
+
+    Parameters
+    ----------
+    booster : lightgbm.Booster
+        A trained booster; read through ``booster.trees_to_dataframe()`` (``node_depth``, ``split_feature``,
+        ``threshold``, ``left_child``, ``right_child``, ``value``).
+    tree_index : int
+        Which tree (0 = the first boosting round).
+    feature_names : list of str, optional
+        Names for LightGBM's ``Column_<i>`` features (a booster trained on a NumPy array).
+    feature_kinds : dict, optional
+        Feature name -> ``"market"``, ``"submarket"`` (grouping codes), ``"slope"`` (a covariate with a
+        varying slope) or ``"other"`` (the default); leaves are their own kind.
+    title : str
+        Figure title (should name the model).
+
+    Returns
+    -------
+    str
+        Base64 PNG.
+
+    Raises
+    ------
+    ValueError
+        If the booster has no tree ``tree_index``.
+    """
+    plt = _pyplot()
+    df = booster.trees_to_dataframe()
+    n_trees = int(df["tree_index"].max()) + 1 if len(df) else 0
+    if not 0 <= tree_index < n_trees:
+        raise ValueError(f"tree_index {tree_index} is out of range: the booster has {n_trees} trees")
+    t = df[df["tree_index"] == tree_index].set_index("node_index")
+    kinds = dict(feature_kinds or {})
+    rename = {f"Column_{i}": n for i, n in enumerate(feature_names or [])}
+    children = {}
+    for node, r in t.iterrows():
+        kids = [k for k in (r["left_child"], r["right_child"]) if isinstance(k, str) and k in t.index]
+        if kids:
+            children[node] = kids
+    root = t.index[t["node_depth"] == t["node_depth"].min()][0]
+    pos = _tree_positions(children, root)
+    max_depth = int(t["node_depth"].max())
+    fig, ax = plt.subplots(figsize=(min(max(6.0, 1.05 * len(pos) / 2 + 2), 24), 1.1 * max_depth + 1.5))
+    for parent, kids in children.items():
+        for side, k in zip(("yes", "no"), kids):
+            x0, y0 = pos[parent], -t.at[parent, "node_depth"]
+            x1, y1 = pos[k], -t.at[k, "node_depth"]
+            ax.plot([x0, x1], [y0, y1], color="#999999", lw=0.8, zorder=1)
+    used = set()
+    for node, x in pos.items():
+        r = t.loc[node]
+        y = -r["node_depth"]
+        if node in children:
+            feat = rename.get(str(r["split_feature"]), str(r["split_feature"]))
+            kind = kinds.get(feat, "other")
+            thr = str(r["threshold"]) if r.get("decision_type") == "==" else f"{float(r['threshold']):.3g}"
+            op = "in" if r.get("decision_type") == "==" else "<="
+            if len(thr) > 14:
+                thr = thr[:12] + "..."
+            text = f"{feat}\n{op} {thr}"
+        else:
+            kind = "leaf"
+            text = f"{float(r['value']):.3f}"
+        used.add(kind)
+        ax.text(x, y, text, ha="center", va="center", fontsize=6.5, zorder=3,
+                bbox=dict(boxstyle="round,pad=0.25", fc=TREE_KIND_COLOURS[kind], ec="#555555", lw=0.5,
+                          alpha=0.9))
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=TREE_KIND_COLOURS[k], label=k if k != "slope" else "slope covariate")
+               for k in TREE_KIND_COLOURS if k in used]
+    ax.legend(handles=handles, fontsize=7, loc="upper right", title="node kind", title_fontsize=7)
+    ax.set_xlim(min(pos.values()) - 1, max(pos.values()) + 1)
+    ax.set_ylim(-max_depth - 0.6, -t["node_depth"].min() + 0.6)
+    ax.axis("off")
+    ax.set_title(title or f"tree {tree_index}", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)

@@ -6,7 +6,11 @@ Pairs are classed by what their backends estimate:
 * ``mixed`` (mixedlm, lme4): the same REML/ML criterion maximised by different code: fixed effects 1e-4
   relative, their SEs 1e-2 relative, SDs 1e-2 relative, correlations 1e-2 absolute, the log-likelihood
   1e-4 absolute, group deviations (BLUPs) 1e-2 absolute.
-* anything else (ols vs lme4, say): different estimands, shown for information with verdict ``info``.
+* ``bayes`` (pymc, brms): the same posterior sampled by different code: posterior means agree within
+  max(4 combined Monte Carlo SEs, 0.1 posterior SD) (the MCSEs are the backends' own, per parameter, from
+  ``fit.diagnostics["mcse"]``), posterior SDs within 15% (relative).
+* anything else (ols vs lme4, pymc vs lme4, say): different estimands, shown for information with verdict
+  ``info``.
 
 Relative differences divide by ``max(|a|, |b|)``. A variance parameter of a fit that sits on the boundary
 (singular fit, or an SD below 1e-3 of the residual SD) is flagged ``boundary``, not failed: the likelihood is
@@ -24,6 +28,8 @@ from .results import KEY, RESIDUAL, Fit
 
 LEAST_SQUARES = frozenset({"ols", "r_lm"})
 MIXED = frozenset({"mixedlm", "lme4", "native"})
+BAYES = frozenset({"pymc", "brms"})
+BAYES_SD_REL = 0.15
 BOUNDARY_SD = 1e-3
 
 
@@ -60,6 +66,8 @@ def pair_class(a: str, b: str) -> str:
         return "least_squares"
     if {a, b} <= MIXED:
         return "mixed"
+    if {a, b} <= BAYES:
+        return "bayes"
     return "info"
 
 
@@ -105,8 +113,42 @@ def compare(fits: list[Fit], pairs: list[tuple[int, int]] | None = None) -> pd.D
     return out[COLUMNS]
 
 
+def _mcse(f: Fit) -> dict:
+    return {(r["effect"], r["group"], r["level"], r["term"]): float(r["mcse"]) for r in f.diagnostics.get("mcse", [])}
+
+
+def _compare_bayes(fa: Fit, fb: Fit) -> pd.DataFrame:
+    merged = fa.table.merge(fb.table, on=KEY, how="outer", suffixes=("_a", "_b"))
+    ma, mb = _mcse(fa), _mcse(fb)
+    rows = []
+    for r in merged.itertuples(index=False):
+        key = (r.effect, r.group, r.level, r.term)
+        base = dict(backend_a=fa.backend, backend_b=fb.backend, pair=f"{fa.backend} vs {fb.backend}",
+                    effect=r.effect, group=r.group, level=r.level, term=r.term)
+        sa, sb = r.std_error_a, r.std_error_b
+        for quantity, va, vb in (("estimate", r.estimate_a, r.estimate_b), ("std_error", sa, sb)):
+            klass = _param_class(r.effect, r.term, quantity) if r.effect != "ran_pars" else (
+                ("cor" if r.term.startswith("cor__") else "sd") + ("" if quantity == "estimate" else "_se"))
+            diff = va - vb
+            denom = max(abs(va), abs(vb)) if np.isfinite(diff) else np.nan
+            rel = abs(diff) / denom if denom and np.isfinite(denom) else np.nan
+            if quantity == "estimate":
+                tol = max(4 * np.hypot(ma.get(key, 0.0), mb.get(key, 0.0)), 0.1 * np.nanmean([sa, sb]))
+                ok = abs(diff) <= tol
+                kind = "abs: max(4 MCSE, 0.1 SD)"
+            else:
+                tol, kind = BAYES_SD_REL, "rel"
+                ok = rel <= tol
+            verdict = "missing" if not (np.isfinite(va) and np.isfinite(vb)) else ("agree" if ok else "disagree")
+            rows.append(dict(base, quantity=quantity, param_class=klass, value_a=va, value_b=vb, diff=diff,
+                             rel_diff=rel, tolerance=tol, tol_kind=kind, verdict=verdict))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
 def _compare_pair(fa: Fit, fb: Fit) -> pd.DataFrame:
     pc = pair_class(fa.backend, fb.backend)
+    if pc == "bayes":
+        return _compare_bayes(fa, fb)
     rules = TOLERANCES.get(pc, {})
     ta, tb = fa.table, fb.table
     merged = ta.merge(tb, on=KEY, how="outer" if pc != "info" else "inner", suffixes=("_a", "_b"))

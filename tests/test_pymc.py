@@ -171,3 +171,24 @@ def test_priors_and_bad_options(seed_data):
         hc.fit(data, F, backend="pymc", priors={"sd": ("normal", 0, 1)})
     with pytest.raises(hc.SpecError, match="collapse"):
         hc.fit(data, F, backend="pymc", collapse="sideways")
+
+
+@pytest.mark.slow
+def test_bayes_agreement_rule_on_two_independent_runs(pymc_fit, seed_data):
+    """Two runs of the same posterior with different seeds must pass the pymc-vs-brms rule (posterior means
+    within max(4 combined MCSEs, 0.1 posterior SD); posterior SDs within 15%); a shifted copy must fail."""
+    import dataclasses
+
+    from hiercompare.agreement import summary
+
+    data, _ = seed_data
+    other = hc.fit(data, F, backend="pymc", seed=99)
+    as_brms = dataclasses.replace(other, backend="brms")
+    s = summary(hc.compare([pymc_fit, as_brms])).set_index("param_class")
+    assert (s["verdict"] == "agree").all(), s
+    assert len(pymc_fit.diagnostics["mcse"]) == len(pymc_fit.table) and all(
+        0 < r["mcse"] < 0.05 for r in pymc_fit.diagnostics["mcse"])
+    shifted = dataclasses.replace(as_brms, table=as_brms.table.assign(
+        estimate=np.where(as_brms.table["term"] == "x2", as_brms.table["estimate"] + 0.01, as_brms.table["estimate"])))
+    t = hc.compare([pymc_fit, shifted])
+    assert t.loc[(t["term"] == "x2") & (t["quantity"] == "estimate"), "verdict"].item() == "disagree"

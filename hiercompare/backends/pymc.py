@@ -120,6 +120,7 @@ class PyMCBackend(Backend):
                             "collapse": collapse})
         table = _tidy(md, idata, names)
         diag = _diagnostics(idata, names)
+        diag["mcse"] = _mcse_rows(md, idata, names)
         diag.update({"sampler": sampler, "likelihood": likelihood, "draws": draws, "tune": tune, "chains": chains,
                      "collapse": collapse, "priors": pri.to_dict(), **timing})
         if not diag["converged"]:
@@ -455,6 +456,39 @@ def _tidy(md: ModelData, idata, names) -> pd.DataFrame:
             for i, t in enumerate(lv.spec.terms):
                 rows.append(dict(effect="ran_vals", group=group, level=lab, term=t, **{k: v[g, i] for k, v in s.items()}))
     return tidy_frame(rows)
+
+
+def _mcse_rows(md: ModelData, idata, names) -> list[dict]:
+    """Monte Carlo SE of each posterior mean (arviz, method 'mean'), keyed like the tidy rows."""
+    import arviz as az
+
+    post = idata.posterior
+    rows = []
+
+    def add(effect, group, level, term, value):
+        rows.append({"effect": effect, "group": group, "level": level, "term": term, "mcse": float(value)})
+
+    m = az.mcse(idata, var_names=["beta"], method="mean")["beta"].values
+    for j, n in enumerate(md.fixed_names):
+        add("fixed", "", "", n, m[j])
+    for group, block, var in names["sd"]:
+        m = np.atleast_1d(az.mcse(idata, var_names=[var], method="mean")[var].values)
+        for i, t in enumerate(block):
+            add("ran_pars", group, "", sd_term(t), m[i])
+    for group, block, var in names["cor"]:
+        m = az.mcse(idata, var_names=[var], method="mean")[var].values
+        for i in range(len(block)):
+            for j in range(i + 1, len(block)):
+                add("ran_pars", group, "", cor_term(block[i], block[j]), m[i, j])
+    if "sigma" in names:
+        add("ran_pars", RESIDUAL, "", sd_term("Observation"), az.mcse(idata, var_names=["sigma"], method="mean")["sigma"].values)
+    for group, var in names["r"]:
+        lv = md.hierarchy.level(group)
+        m = az.mcse(idata, var_names=[var], method="mean")[var].values
+        for g, lab in enumerate(lv.labels):
+            for i, t in enumerate(lv.spec.terms):
+                add("ran_vals", group, lab, t, m[g, i])
+    return rows
 
 
 def _diagnostics(idata, names) -> dict:

@@ -39,3 +39,25 @@ hc_tidy <- function(fit) {
   names(d) <- sub("std_error", "std.error", sub("conf_low", "conf.low", sub("conf_high", "conf.high", names(d))))
   d
 }
+
+# compare several fits: the agreement table (one row per pair, parameter and quantity) as a data.frame
+hc_compare <- function(...) {
+  hc <- hc_module()
+  hc_df(hc$compare(list(...)))
+}
+
+# a simulation study from a TOML config; returns the results table (one row per scenario, replication,
+# backend and parameter) and writes out_dir (results.parquet, manifest.json, performance.csv)
+hc_study <- function(config, out_dir, workers = 1L) {
+  hc <- hc_module()
+  st <- hc$Study$from_toml(config)
+  res <- st$run(out_dir, workers = as.integer(workers))
+  hc_df(res)
+}
+
+# render the HTML report of a finished study folder; returns the report's path
+hc_report <- function(out_dir) {
+  hc <- hc_module()
+  rep <- reticulate::import("hiercompare.report.study")
+  rep$render_study_report(out_dir)
+}

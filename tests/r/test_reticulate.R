@@ -25,6 +25,25 @@ test_that("hiercompare's mixedlm through reticulate agrees with lme4 in the same
   expect_equal(mine$estimate[match(rownames(re), mine$level)], re[["(Intercept)"]], tolerance = 1e-2)
 })
 
+test_that("compare and study from R return data.frames", {
+  sim <- hc_simulate(seed = 5)
+  f <- "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
+  a <- hc_fit(sim$data, f, backend = "mixedlm")
+  b <- hc_fit(sim$data, f, backend = "native")
+  cmp <- hc_compare(a, b)
+  expect_true(is.data.frame(cmp))
+  fx <- cmp[cmp$param_class == "fixed", ]
+  expect_equal(nrow(fx), 3L)
+  expect_true(all(fx$verdict == "agree"))
+  cfg <- tempfile(fileext = ".toml")
+  writeLines(c("[study]", 'name = "r_tiny"', "replications = 2", "seed = 7", 'backends = ["ols", "native"]',
+               "[[scenario]]", 'name = "small"', "n_obs = 20"), cfg)
+  res <- hc_study(cfg, file.path(tempdir(), "r_tiny_study"), workers = 1L)
+  expect_true(is.data.frame(res))
+  expect_equal(sort(unique(res$backend)), c("native", "ols"))
+  expect_equal(sort(unique(res$replication)), c(0, 1))
+})
+
 test_that("R backends say why they are unavailable inside R", {
   sim <- hc_simulate(seed = 1)
   expect_error(hc_fit(sim$data, "y ~ x1 + (1 | market)", backend = "lme4"), "inside R through reticulate")

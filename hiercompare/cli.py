@@ -1,4 +1,4 @@
-"""Command line: ``hiercompare demo | simulate | fit | study | backends``."""
+"""Command line: ``hiercompare demo | simulate | fit | study | report | backends``."""
 from __future__ import annotations
 
 import argparse
@@ -68,6 +68,14 @@ def _cmd_study(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from .report.study import TABLES_DIR, render_study
+
+    path = render_study(args.folder, out=args.out, lightgbm_trees=not args.no_lightgbm_tree)
+    print(f"wrote {path} and {path.parent / TABLES_DIR}/*.csv", file=sys.stderr)
+    return 0
+
+
 def _cmd_backends(args) -> int:
     from .backends import backends
 
@@ -111,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--workers", type=int, default=None, help="local worker processes (default: all CPUs)")
     st.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786")
     st.set_defaults(func=_cmd_study)
+
+    r = sub.add_parser("report", help="render report.html (and report_tables/*.csv) from a finished study folder")
+    r.add_argument("folder", help="study folder with results.parquet and manifest.json (hiercompare study --out)")
+    r.add_argument("--out", default=None, help="HTML file (default: FOLDER/report.html)")
+    r.add_argument("--no-lightgbm-tree", action="store_true",
+                   help="do not refit a LightGBM backend to draw its first tree")
+    r.set_defaults(func=_cmd_report)
 
     b = sub.add_parser("backends", help="list backends and whether they can run here")
     b.set_defaults(func=_cmd_backends)

@@ -30,10 +30,17 @@ def main(n_sims: int = 200) -> None:
     u = res.uniformity(bins=10)
     text = (f"# SBC of the pymc backend: {n_sims} simulations, {res.n_draws} thinned draws each\n\n"
             f"Design: 6 markets x 3 submarkets x 8 rows, formula `{sc.formula()}`; fixed priors (see script).\n\n"
-            + u.round(4).to_markdown(index=False)
+            + _markdown(u.round(4))
             + f"\n\nDivergent transitions over all simulations: {int(res.diagnostics['divergences'].sum())}.\n")
     (out / "sbc_pymc.md").write_text(text)
     print(text)
+
+
+def _markdown(df) -> str:
+    cols = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

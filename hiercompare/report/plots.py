@@ -376,6 +376,48 @@ def hierarchy_plot(root: str, root_value: float | None, levels: list[pd.DataFram
     return _png(fig)
 
 
+def tree_nodes(booster, tree_index: int = 0, feature_names: list[str] | None = None,
+               feature_kinds: dict[str, str] | None = None) -> pd.DataFrame:
+    """The nodes of one LightGBM tree with their feature name and kind (what :func:`lightgbm_tree_plot` draws).
+
+    Parameters
+    ----------
+    booster : lightgbm.Booster
+        A trained booster.
+    tree_index : int
+        Which tree.
+    feature_names : list of str, optional
+        Names for LightGBM's ``Column_<i>`` features.
+    feature_kinds : dict, optional
+        Feature name -> ``"market"``, ``"submarket"``, ``"slope"`` or ``"other"`` (default ``"other"``).
+
+    Returns
+    -------
+    DataFrame
+        ``booster.trees_to_dataframe()`` rows of that tree indexed by ``node_index``, plus ``feature`` (the
+        split feature's name; empty for leaves) and ``kind`` (``"leaf"`` for leaves).
+
+    Raises
+    ------
+    ValueError
+        If the booster has no tree ``tree_index`` or a kind is not one of the known kinds.
+    """
+    df = booster.trees_to_dataframe()
+    n_trees = int(df["tree_index"].max()) + 1 if len(df) else 0
+    if not 0 <= tree_index < n_trees:
+        raise ValueError(f"tree_index {tree_index} is out of range: the booster has {n_trees} trees")
+    kinds = dict(feature_kinds or {})
+    bad = {k: v for k, v in kinds.items() if v not in TREE_KIND_COLOURS or v == "leaf"}
+    if bad:
+        raise ValueError(f"feature kinds must be market, submarket, slope or other; got {bad}")
+    rename = {f"Column_{i}": n for i, n in enumerate(feature_names or [])}
+    t = df[df["tree_index"] == tree_index].set_index("node_index").copy()
+    is_split = t["split_feature"].notna() & t["left_child"].notna()
+    t["feature"] = [rename.get(str(f), str(f)) if s else "" for f, s in zip(t["split_feature"], is_split)]
+    t["kind"] = [kinds.get(f, "other") if s else "leaf" for f, s in zip(t["feature"], is_split)]
+    return t
+
+
 TREE_KIND_COLOURS = {"market": "#1f77b4", "submarket": "#2ca02c", "slope": "#ff7f0e", "other": "#7f7f7f",
                      "leaf": "#d9d9d9"}
 
@@ -410,13 +452,7 @@ def lightgbm_tree_plot(booster, tree_index: int = 0, feature_names: list[str] | 
         If the booster has no tree ``tree_index``.
     """
     plt = _pyplot()
-    df = booster.trees_to_dataframe()
-    n_trees = int(df["tree_index"].max()) + 1 if len(df) else 0
-    if not 0 <= tree_index < n_trees:
-        raise ValueError(f"tree_index {tree_index} is out of range: the booster has {n_trees} trees")
-    t = df[df["tree_index"] == tree_index].set_index("node_index")
-    kinds = dict(feature_kinds or {})
-    rename = {f"Column_{i}": n for i, n in enumerate(feature_names or [])}
+    t = tree_nodes(booster, tree_index, feature_names, feature_kinds)
     children = {}
     for node, r in t.iterrows():
         kids = [k for k in (r["left_child"], r["right_child"]) if isinstance(k, str) and k in t.index]
@@ -435,16 +471,15 @@ def lightgbm_tree_plot(booster, tree_index: int = 0, feature_names: list[str] | 
     for node, x in pos.items():
         r = t.loc[node]
         y = -r["node_depth"]
+        kind = r["kind"]
         if node in children:
-            feat = rename.get(str(r["split_feature"]), str(r["split_feature"]))
-            kind = kinds.get(feat, "other")
+            feat = r["feature"]
             thr = str(r["threshold"]) if r.get("decision_type") == "==" else f"{float(r['threshold']):.3g}"
             op = "in" if r.get("decision_type") == "==" else "<="
             if len(thr) > 14:
                 thr = thr[:12] + "..."
             text = f"{feat}\n{op} {thr}"
         else:
-            kind = "leaf"
             text = f"{float(r['value']):.3f}"
         used.add(kind)
         ax.text(x, y, text, ha="center", va="center", fontsize=6.5, zorder=3,

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.install-stamp
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench validate clean
 
 install: $(STAMP)
 
@@ -24,6 +24,18 @@ test-fast: install
 bench: install
 	$(BIN)/python bench/run.py --out bench_out/results.json
 	$(BIN)/python bench/bayes.py bench_out/bayes.json
+	$(BIN)/python bench/study.py bench_out/study.json
+
+# Regenerate every recorded validation study (validation/*.toml -> validation/<name>_out: results.parquet,
+# manifest.json, performance.csv, report.html, report_tables/); the part files are dropped afterwards.
+VALIDATION := seed_small unbalanced weak_signal nonlinear binary count
+validate: install
+	@set -e; for c in $(VALIDATION); do \
+	  rm -rf validation/$${c}_out; \
+	  $(BIN)/hiercompare study validation/$$c.toml --out validation/$${c}_out $(if $(WORKERS),--workers $(WORKERS)); \
+	  $(BIN)/hiercompare report validation/$${c}_out; \
+	  rm -rf validation/$${c}_out/parts; \
+	done
 
 clean:
 	rm -rf $(VENV) demo_out bench_out .pytest_cache

@@ -9,9 +9,11 @@ lme4, native; the R ones only where R is available) is run three times into fres
 
 Reported: wall seconds and replications per minute of each run (worker start-up included: that is what a user
 waits for), the speed-up of 2 local workers over 1 (goal: at least 1.8x), Dask's throughput relative to local
-processes (goal: within 15%), and whether the three result tables agree (they must: seeds are keyed by unit).
-Failed fits are listed per run; where Dask fails fits that local processes do not, ``dask_comparable`` is false
-and the Dask figure is not a like-for-like comparison.
+processes (goal: within 15%), and whether the three result tables agree (they must, to 1e-6: seeds are keyed by unit).
+Failed fits are listed per run. Where backends fail on Dask but not locally (the R backends did when this was
+written: rpy2's conversion rules live in a ``contextvars.ContextVar`` that Dask's worker threads do not
+inherit), local processes and Dask are timed again with the backends that run on both, and the Dask figure
+comes from that pair (``dask_compared_runs``).
 
 Usage::
 
@@ -46,20 +48,41 @@ def _study(replications: int):
     return st, skipped
 
 
+def _dask_run(st, folder: Path, workers: int):
+    from distributed import LocalCluster
+
+    from hiercompare.study import clean_child_environment
+
+    t0 = time.perf_counter()
+    with clean_child_environment():
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    start = time.perf_counter() - t0
+    try:
+        secs, table = _timed(st, folder, scheduler=cluster)
+    finally:
+        cluster.close()
+    return secs, start, table
+
+
 def _timed(st, folder: Path, **kw) -> tuple[float, "object"]:
     t0 = time.perf_counter()
     table = st.run(folder, progress=False, **kw)
     return time.perf_counter() - t0, table
 
 
-def _same(a, b) -> bool:
-    cols = ["scenario", "replication", "backend", "effect", "group", "level", "term", "estimate", "std_error"]
-    x, y = a[cols].reset_index(drop=True), b[cols].reset_index(drop=True)
-    if len(x) != len(y) or not x.drop(columns=["estimate", "std_error"]).equals(y.drop(columns=["estimate",
-                                                                                                "std_error"])):
-        return False
-    return bool(np.allclose(x["estimate"], y["estimate"], rtol=1e-9, atol=1e-12, equal_nan=True)
-                and np.allclose(x["std_error"], y["std_error"], rtol=1e-9, atol=1e-12, equal_nan=True))
+def _same(a, b, tol: float = 1e-6) -> dict:
+    """Whether two runs' tables agree: same rows, and the largest absolute difference of estimates and SEs.
+
+    lme4 differs between processes in the 8th-9th digit (R's optimiser), so agreement is to ``tol``, not bitwise.
+    """
+    keys = ["scenario", "replication", "backend", "effect", "group", "level", "term"]
+    ok_a, ok_b = a[a["error"] == ""], b[b["error"] == ""]
+    m = ok_a.merge(ok_b, on=keys, suffixes=("_a", "_b"))
+    d_est = float(np.nanmax(np.abs(m["estimate_a"] - m["estimate_b"]))) if len(m) else float("nan")
+    d_se = float(np.nanmax(np.abs(m["std_error_a"] - m["std_error_b"]))) if len(m) else float("nan")
+    same_rows = bool(a[keys].reset_index(drop=True).equals(b[keys].reset_index(drop=True)))
+    return {"same_rows": same_rows, "max_abs_diff_estimate": d_est, "max_abs_diff_std_error": d_se,
+            "agree": bool(same_rows and d_est <= tol and (np.isnan(d_se) or d_se <= tol))}
 
 
 def _failures(table) -> dict[str, str]:
@@ -75,9 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
 
-    from distributed import LocalCluster
-
-    from hiercompare.study import clean_child_environment, package_versions
+    from hiercompare.study import Study, package_versions
 
     st, skipped = _study(args.replications)
     n = args.replications
@@ -92,23 +113,28 @@ def main(argv=None) -> int:
         secs, tables["local"] = _timed(st, tmp / "local", workers=args.workers)
         runs["local"] = {"workers": args.workers, "executor": "local processes (spawn)", "seconds": secs}
         print(f"  {args.workers} local workers: {secs:.1f} s", file=sys.stderr)
-        t0 = time.perf_counter()
-        with clean_child_environment():
-            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
-        try:
-            start = time.perf_counter() - t0
-            secs, tables["dask"] = _timed(st, tmp / "dask", scheduler=cluster)
-        finally:
-            cluster.close()
+        secs, start, tables["dask"] = _dask_run(st, tmp / "dask", args.workers)
         runs["dask"] = {"workers": args.workers, "executor": "dask LocalCluster (1 thread per worker)",
                         "seconds": secs, "cluster_start_seconds": start}
         print(f"  dask {args.workers} workers: {secs:.1f} s (+{start:.1f} s cluster start)", file=sys.stderr)
+        failed_on_dask = sorted(set(tables["dask"].loc[tables["dask"]["error"] != "", "backend"])
+                                - set(tables["local"].loc[tables["local"]["error"] != "", "backend"]))
+        if failed_on_dask:  # compare like with like: the backends that run on Dask, local vs Dask
+            keep = [b for b in st.backends if b not in failed_on_dask]
+            st2 = Study(st.scenarios, replications=n, backends=keep, seed=st.seed, name="bench_study_dask_subset")
+            print(f"  {failed_on_dask} failed on Dask; local vs Dask again with {keep}", file=sys.stderr)
+            secs, tables["local_subset"] = _timed(st2, tmp / "local_subset", workers=args.workers)
+            runs["local_subset"] = {"workers": args.workers, "executor": "local processes (spawn)",
+                                    "backends": keep, "seconds": secs}
+            secs, start, tables["dask_subset"] = _dask_run(st2, tmp / "dask_subset", args.workers)
+            runs["dask_subset"] = {"workers": args.workers, "executor": "dask LocalCluster (1 thread per worker)",
+                                   "backends": keep, "seconds": secs, "cluster_start_seconds": start}
     for name, r in runs.items():
         r["replications_per_minute"] = n / r["seconds"] * 60
         r["failed_fits"] = _failures(tables[name])
     speedup = runs["serial"]["seconds"] / runs["local"]["seconds"]
-    dask_rel = runs["local"]["seconds"] / runs["dask"]["seconds"]  # >1: dask faster
+    a, b = ("local_subset", "dask_subset") if "dask_subset" in runs else ("local", "dask")
+    dask_rel = runs[a]["seconds"] / runs[b]["seconds"]  # >1: dask faster
     out = {
         "replications": n,
         "scenario": "seed (10 markets x 5 submarkets x 100 rows)",
@@ -121,9 +147,10 @@ def main(argv=None) -> int:
         "dask_throughput_relative_to_local": dask_rel,
         "goal_dask_within": GOAL_DASK,
         "dask_goal_met": bool(abs(dask_rel - 1) <= GOAL_DASK),
-        "dask_comparable": not runs["dask"]["failed_fits"] or runs["dask"]["failed_fits"] == runs["local"]["failed_fits"],
-        "identical_results": {"local_vs_serial": _same(tables["serial"], tables["local"]),
-                              "dask_vs_serial": _same(tables["serial"], tables["dask"])},
+        "dask_compared_runs": [a, b],
+        "dask_full_set_failures": runs["dask"]["failed_fits"],
+        "results_agree": {"local_vs_serial": _same(tables["serial"], tables["local"]),
+                          "dask_vs_serial": _same(tables["serial"], tables["dask"])},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "versions": package_versions(),
     }
@@ -131,7 +158,7 @@ def main(argv=None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
     print(json.dumps({k: out[k] for k in ("speedup_local_vs_1_worker", "dask_throughput_relative_to_local",
-                                          "identical_results")}, indent=1), file=sys.stderr)
+                                          "results_agree")}, indent=1), file=sys.stderr)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

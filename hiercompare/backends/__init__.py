@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "lightgbm": "hiercompare.backends.lightgbm:LightGBMBackend",
     "lightgbm-cat": "hiercompare.backends.lightgbm:LightGBMCatBackend",
     "pymc": "hiercompare.backends.pymc:PyMCBackend",
+    "brms": "hiercompare.backends.brms:BrmsBackend",
 }
 
 

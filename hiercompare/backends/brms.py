@@ -1,0 +1,442 @@
+"""``brms``: the spec's model in R brms, sampled by Stan's NUTS (rstan), through rpy2 (r_scripts/fit_brms.R).
+
+The model
+    ``y ~ 0 + Intercept + x1 + ... + (1 + x1 | market) + (1 | market:submarket)`` with the priors of
+    :meth:`hiercompare.priors.Priors.default` (or given ones), the same model the ``pymc`` backend samples:
+
+    * ``0 + Intercept``: the intercept is an ordinary coefficient on the raw scale with prior class ``b``,
+      coef ``Intercept`` (brms's ``Intercept`` class would put the prior on the intercept of centred
+      predictors, a different parameter). It is reported as ``(Intercept)``.
+    * group effects are non-centred in brms's Stan code (``r = z * sd`` for one term,
+      ``r = (diag(sd) L z)'`` with an LKJ prior on the Cholesky factor ``L`` for a correlated block);
+      ``||`` gives independent SDs.
+    * families: gaussian (identity), binomial (0/1 response, brms ``bernoulli()``, logit), poisson (log).
+
+Priors as data, not code
+    Every prior number is passed as a Stan data variable (a brms ``stanvar`` named ``hc_prior_<row>_<k>``)
+    and the ``set_prior`` strings are built in R from fixed templates (``normal(hc_prior_3_1, hc_prior_3_2)``)
+    and the design's coefficient names. Nothing typed by a user is pasted into R or Stan code, and the Stan
+    program depends only on the model's structure, not on the data-scaled prior values.
+
+Compiled models are reused
+    The Stan compile (35-90 s here) happens once per Stan program. The key is the MD5 of the generated Stan
+    code plus the R, brms, rstan and StanHeaders versions, so a cached model is used exactly when it is the
+    same program. Lookup order: this process (an R environment), then the disk cache
+    (``<cache_dir>/<key>.rds``, an rstan ``stanmodel`` with its shared object inside, written atomically),
+    then a compile (and the disk entry is written). A fit then runs ``rstan::sampling`` of that model on the
+    new data's ``standata``, which is what ``update(fit, newdata = ..., recompile = FALSE)`` does.
+    ``diagnostics["compiled"]`` says whether this fit compiled; ``diagnostics["cache"]`` says where the model
+    came from (``memory``, ``disk``, ``compiled``). The default ``cache_dir`` is ``$HIERCOMPARE_CACHE/brms``,
+    else ``~/.cache/hiercompare/brms``.
+
+Labels
+    Grouping columns reach R as factors of neutral tokens (``g1``, ``g2``, ... per column), so brms cannot
+    alter, merge (its ``a_b`` pasting for ``a:b``) or re-sort the labels; each brms level is mapped back to
+    hiercompare's label through the rows it indexes (``J_<id>`` in brms's Stan data), never by string editing.
+
+Output
+    Fixed effects, SDs, correlations, the residual SD and every group's deviations: posterior mean
+    (estimate), posterior SD (std_error), 2.5% and 97.5% quantiles (conf_low, conf_high). Diagnostics: R-hat
+    max, bulk and tail ESS min (posterior::summarise_draws, or rstan::monitor without the posterior package)
+    over b, sd, cor, sigma and r, divergences and max-treedepth hits; a :class:`ConvergenceWarning` and
+    ``converged=False`` when R-hat > 1.01, an ESS < 400 or any divergence. ``diagnostics["mcse"]`` holds the
+    Monte Carlo SE of every posterior mean, keyed like the tidy rows (used by :func:`hiercompare.compare`);
+    ``fit.raw["convergence"]`` the per-variable table under brms's names. The generated Stan program is
+    ``fit.diagnostics["stan_code"]`` (also ``fit.raw["stan_code"]``). ``loglik`` is None.
+
+Speed
+    With ``cores > 1`` rstan runs the chains in worker R processes it starts for each fit (R embedded by rpy2
+    counts as interactive, and rstan then uses a socket cluster rather than fork): several seconds per fit,
+    worth it for long runs; small fits are faster with ``cores=1``. Stan's gradient cost grows with the rows
+    (about 0.5 ms per gradient on the default 5,000-row scenario here).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import rbridge
+from ..design import ModelData
+from ..errors import BackendError, ConvergenceWarning, SpecError
+from ..priors import Priors
+from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame
+from ..spec import INTERCEPT
+from .base import Backend
+
+RHAT_MAX, ESS_MIN = 1.01, 400
+BRMS_INTERCEPT = "Intercept"
+_FORMULA = re.compile(r"^[A-Za-z0-9_.:+|()~ ]+$")
+_COEF = re.compile(r"^[A-Za-z][A-Za-z0-9_.:]*$")
+_DUMMY = "hc_d"  # prefix of the treatment-dummy columns passed for categorical fixed terms
+
+
+def default_cache_dir() -> Path:
+    """Where compiled brms models are kept across processes.
+
+    ``$HIERCOMPARE_CACHE/brms`` when the environment variable is set, else ``~/.cache/hiercompare/brms``.
+    """
+    root = os.environ.get("HIERCOMPARE_CACHE")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "hiercompare") / "brms"
+
+
+def clear_memory_cache() -> int:
+    """Forget the compiled models held in this process (the disk cache is kept); returns how many there were.
+
+    Mostly for tests and benchmarks that need a fit to go to the disk cache or compile.
+    """
+    ok, _ = rbridge.availability(("brms", "rstan"))
+    if not ok:
+        return 0
+    import rpy2.robjects as ro
+
+    with rbridge._LOCK:
+        rbridge._source("fit_brms.R")
+        n = int(ro.r("length(ls(.hc_brms_models))")[0])
+        ro.r("rm(list = ls(.hc_brms_models), envir = .hc_brms_models)")
+    return n
+
+
+class BrmsBackend(Backend):
+    """R brms (Stan NUTS through rstan), with the shared default priors and a compiled-model cache."""
+
+    name = "brms"
+    families = ("gaussian", "binomial", "poisson")
+    description = "R brms (Stan NUTS via rstan) through rpy2; compiled models cached in memory and on disk"
+    takes_seed = True
+
+    def availability(self):
+        return rbridge.availability(("brms", "rstan"))
+
+    def check(self, spec) -> None:
+        super().check(spec)
+        if not spec.groups:
+            raise SpecError("brms here needs at least one group term such as (1 | market); use ols or lme4 for a "
+                            "fixed-effects model")
+        clash = [v for v in spec.variables if v == BRMS_INTERCEPT or v.startswith(_DUMMY)]
+        if clash:
+            raise SpecError(f"column name(s) {clash} are reserved by the brms backend ('Intercept' and names "
+                            f"starting with {_DUMMY!r}); rename the column(s)")
+
+    def fit(self, md: ModelData, chains: int = 2, iter: int = 1000, warmup: int = 1000, cores: int = 2,
+            seed: int | None = None, adapt_delta: float = 0.9, max_treedepth: int = 10,
+            priors: Priors | dict | None = None, cache_dir: str | os.PathLike | bool | None = None,
+            **options) -> Fit:
+        """Sample the model with brms and summarise the posterior in the Fit schema.
+
+        Parameters
+        ----------
+        md : ModelData
+            Validated data and design (from :func:`hiercompare.design.prepare`).
+        chains : int
+            Markov chains (default 2).
+        iter : int
+            Draws kept per chain, after warmup (default 1000). brms's own ``iter`` counts warmup too; it is
+            set to ``warmup + iter``.
+        warmup : int
+            Warmup (adaptation) iterations per chain, discarded (default 1000).
+        cores : int
+            Chains run in parallel on this many cores (default 2).
+        seed : int, optional
+            Stan's seed; None draws one in R. Seeds of 2**31 - 1 and above are reduced modulo 2**31 - 1 (R's
+            integers are 32-bit signed). The seed used is ``diagnostics["seed"]``.
+        adapt_delta : float
+            Target acceptance rate of NUTS adaptation, in (0, 1) (default 0.9, as the pymc backend's
+            ``target_accept``).
+        max_treedepth : int
+            NUTS maximum tree depth (default 10).
+        priors : Priors or dict, optional
+            A :class:`~hiercompare.priors.Priors`, or a dict of per-class overrides of
+            ``Priors.default(md)``; default ``Priors.default(md)``.
+        cache_dir : path, False or None
+            Folder of the cross-process cache of compiled models; None for :func:`default_cache_dir`,
+            False for no disk cache (the in-process cache is always used).
+
+        Returns
+        -------
+        Fit
+            ``method="NUTS (brms/rstan)"``, ``loglik=None``; ``diagnostics`` has the convergence summary,
+            ``compiled``, ``cache``, timings, the priors, the brms formula and the Stan code.
+        """
+        if options:
+            raise TypeError(f"unknown brms options {sorted(options)}; the options are chains, iter, warmup, cores, "
+                            "seed, adapt_delta, max_treedepth, priors, cache_dir")
+        chains, iter, warmup, cores, max_treedepth = (
+            _int(chains, "chains", 1), _int(iter, "iter", 1), _int(warmup, "warmup", 0), _int(cores, "cores", 1),
+            _int(max_treedepth, "max_treedepth", 1))
+        adapt_delta = float(adapt_delta)
+        if not 0 < adapt_delta < 1:
+            raise SpecError(f"adapt_delta must be in (0, 1), got {adapt_delta}")
+        if seed is not None:  # R integers are 32-bit signed: larger seeds (study units use 32-bit) are folded
+            seed = _int(seed, "seed", 0) % (2**31 - 1)
+        pri = resolve_priors(md, priors)
+        frame, names = brms_data(md)
+        formula = brms_formula(md, names)
+        table = prior_table(md, pri, names)
+        cdir = _cache_dir(cache_dir)
+
+        out = rbridge.call(
+            "fit_brms.R", "hc_fit_brms", rbridge.dataframe(frame, {v: None for v in md.spec.grouping_variables}),
+            formula, md.spec.family, _strs(table["class"]), _strs(table["coef"]), _strs(table["kind"]),
+            rbridge.floats(table["p1"]), rbridge.floats(table["p2"]), rbridge.floats(table["p3"]),
+            chains, iter, warmup, cores, float("nan") if seed is None else seed, adapt_delta, max_treedepth, cdir)
+
+        rows = _fixed_rows(md, names, out["fixef"]) + _ran_pars_rows(md, out["ran_pars"])
+        for block in out["ranef"]:
+            rows += _ran_vals_rows(md, block)
+        diag = _diagnostics(out)
+        diag["mcse"] = [{"effect": r["effect"], "group": r.get("group", ""), "level": r.get("level", ""),
+                         "term": r["term"], "mcse": r["mcse"]} for r in rows]
+        cache = out["cache"]
+        diag.update({
+            "compiled": cache["source"] == "compiled",
+            "cache": cache["source"],
+            "cache_key": cache["key"],
+            "cache_path": cache["path"] or None,
+            "compile_seconds": float(cache["seconds"]) if cache["source"] == "compiled" else 0.0,
+            "model_load_seconds": float(cache["seconds"]) if cache["source"] != "compiled" else 0.0,
+            "sampling_seconds": float(out["sampling_seconds"]),
+            "chains": chains, "iter": iter, "warmup": warmup, "cores": cores, "adapt_delta": adapt_delta,
+            "max_treedepth": max_treedepth, "seed": int(out["seed"]), "draws": int(out["draws"]),
+            "priors": pri.to_dict(), "brms_priors": list(out["prior_text"]),
+            "brms_formula": out["brms_formula"], "stan_code": out["stan_code"],
+        })
+        diag["warnings"] += list(cache.get("notes") or [])
+        if not diag["converged"]:
+            warnings.warn(
+                f"brms sampling diagnostics failed: R-hat max {diag['rhat_max']:.4f} ({diag['rhat_max_variable']}), "
+                f"bulk ESS min {diag['ess_bulk_min']:.0f}, tail ESS min {diag['ess_tail_min']:.0f}, "
+                f"{diag['divergences']} divergences (thresholds: R-hat <= {RHAT_MAX}, ESS >= {ESS_MIN}, none); "
+                "run more iterations (iter, warmup) or raise adapt_delta", ConvergenceWarning, stacklevel=2)
+        conv = out["convergence"]
+        raw = {"stan_code": out["stan_code"], "brms_formula": out["brms_formula"],
+               "convergence": pd.DataFrame({"variable": conv["variable"], "rhat": _floats(conv["rhat"]),
+                                            "ess_bulk": _floats(conv["ess_bulk"]),
+                                            "ess_tail": _floats(conv["ess_tail"]), "mcse_mean": _floats(conv["mcse"])})}
+        return Fit(backend=self.name, spec=md.spec, table=tidy_frame(rows), model=md, loglik=None,
+                   method="NUTS (brms/rstan)", nobs=int(out["nobs"]), diagnostics=diag, raw=raw)
+
+    def versions(self):
+        return rbridge.versions(("brms", "rstan", "StanHeaders", "posterior"))
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def resolve_priors(md: ModelData, priors) -> Priors:
+    """The priors to use: ``Priors.default(md)``, a Priors, or a dict of overrides; validated for brms."""
+    base = Priors.default(md)
+    if priors is None:
+        pri = base
+    elif isinstance(priors, Priors):
+        priors.validate()
+        pri = priors
+    elif isinstance(priors, dict):
+        pri = base.replace(**priors)
+    else:
+        raise SpecError("priors must be a hiercompare.priors.Priors or a dict of overrides per class "
+                        "(intercept, b, sd, sigma, cor)")
+    slopes = [n for n in md.fixed_names if n != INTERCEPT]
+    unknown = sorted(set(pri.b) - set(slopes))
+    missing = [n for n in slopes if n not in pri.b]
+    if unknown or missing:
+        raise SpecError(f"the b priors must name exactly the design's coefficients {slopes}; "
+                        + (f"unknown: {unknown}" if unknown else "") + ("; " if unknown and missing else "")
+                        + (f"missing: {missing}" if missing else ""))
+    for what, dist in [("intercept", pri.intercept), ("sd", pri.sd), ("sigma", pri.sigma), ("cor", pri.cor)] + [
+            (f"b[{k}]", v) for k, v in pri.b.items()]:
+        _check_positive(what, dist)
+    return pri
+
+
+def _check_positive(what: str, dist: tuple) -> None:
+    kind, pars = dist[0], [float(v) for v in dist[1:]]
+    positive = {"normal": pars[1:2], "student_t": pars[0:1] + pars[2:3], "lkj": pars[0:1]}[kind]
+    bad = any(v <= 0 for v in positive)
+    if bad:
+        raise SpecError(f"the {what} prior {dist!r} needs positive scale, degrees of freedom and eta")
+
+
+def brms_data(md: ModelData) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The data frame sent to R and the map from our fixed-effect names to brms's coefficient names.
+
+    Numeric columns go as they are; categorical fixed terms as their treatment dummies (``hc_d<j>``, the
+    design's own columns, so R's contrasts play no part); grouping columns as tokens ``g<k>``.
+    """
+    spec = md.spec
+    cols: dict[str, np.ndarray] = {spec.response: md.y}
+    names: dict[str, str] = {}
+    numeric = set(spec.slope_variables)
+    for j, c in enumerate(md.columns):
+        if c.name == INTERCEPT:
+            names[c.name] = BRMS_INTERCEPT
+        elif c.level is not None:
+            dummy = f"{_DUMMY}{j}"
+            cols[dummy] = md.X[:, j]
+            names[c.name] = dummy
+        else:
+            if not _COEF.match(c.name):
+                raise SpecError(f"fixed term {c.name!r} cannot be named in brms")
+            names[c.name] = c.name
+            numeric.update(c.term.variables)
+    for v in sorted(numeric):
+        if v != spec.response:
+            cols[v] = md.data[v].to_numpy(dtype=float)
+    for v in spec.grouping_variables:
+        codes, _ = pd.factorize(md.data[v].astype(str), sort=False)
+        cols[v] = ("g" + pd.Series(codes + 1).astype(str)).to_numpy(dtype=object)
+    return pd.DataFrame(cols), names
+
+
+def brms_formula(md: ModelData, names: dict[str, str]) -> str:
+    """brms formula text rebuilt from the spec: ``y ~ 0 + Intercept + x1 + ... + (1 + x1 | market) + ...``."""
+    spec = md.spec
+    fixed = ["0"] + [BRMS_INTERCEPT if n == INTERCEPT else names[n] for n in md.fixed_names]
+    if fixed[1:2] == [BRMS_INTERCEPT]:
+        fixed = ["0 + Intercept"] + fixed[2:]
+    bars = []
+    for g in spec.groups:
+        lhs = " + ".join(("1" if g.intercept else "0",) + g.slopes)
+        bars.append(f"({lhs} {'|' if g.correlated else '||'} {g.group})")
+    text = f"{spec.response} ~ " + " + ".join(fixed + bars)
+    if not _FORMULA.match(text):
+        raise SpecError(f"refusing to send {text!r} to R: characters outside the formula grammar")
+    return text
+
+
+def prior_table(md: ModelData, pri: Priors, names: dict[str, str]) -> dict[str, list]:
+    """One row per brms prior: class, coef (brms name), kind and up to three numeric parameters."""
+    rows = []
+    for n in md.fixed_names:
+        rows.append(("b", names[n], pri.intercept if n == INTERCEPT else pri.b[n]))
+    rows.append(("sd", "", pri.sd))
+    if md.spec.family == "gaussian":
+        rows.append(("sigma", "", pri.sigma))
+    if any(len(block) > 1 for lv in md.spec.levels for block in lv.blocks):
+        rows.append(("cor", "", pri.cor))
+    table = {"class": [], "coef": [], "kind": [], "p1": [], "p2": [], "p3": []}
+    for cls, coef, dist in rows:
+        if coef and not _COEF.match(coef):
+            raise SpecError(f"coefficient name {coef!r} cannot be used in a brms prior")
+        pars = [float(v) for v in dist[1:]] + [math.nan] * (4 - len(dist))
+        for key, val in zip(("class", "coef", "kind", "p1", "p2", "p3"), (cls, coef, dist[0], *pars)):
+            table[key].append(val)
+    return table
+
+
+def _cache_dir(cache_dir) -> str:
+    if cache_dir is False:
+        return ""
+    path = default_cache_dir() if cache_dir is None or cache_dir is True else Path(cache_dir).expanduser()
+    return str(path.resolve())
+
+
+def _int(value, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise SpecError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _strs(values) -> object:
+    import rpy2.robjects as ro
+
+    return ro.StrVector([str(v) for v in values])
+
+
+def _floats(values) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+def _term(coef: str) -> str:
+    return INTERCEPT if coef == BRMS_INTERCEPT else coef
+
+
+def _summ(s: dict, i: int) -> dict:
+    """Tidy columns of entry i, plus ``mcse`` (the Monte Carlo SE of the mean; kept out of the tidy table)."""
+    mcse = s["mcse"][i]
+    return dict(estimate=s["mean"][i], std_error=s["sd"][i], conf_low=s["lo"][i], conf_high=s["hi"][i],
+                mcse=np.nan if mcse is None else float(mcse))
+
+
+def _fixed_rows(md: ModelData, names: dict[str, str], fe: dict) -> list[dict]:
+    ours = {b: n for n, b in names.items()}
+    got = list(fe["names"])
+    if sorted(got) != sorted(ours):
+        raise BackendError(f"brms returned coefficients {got}, which do not match the design {md.fixed_names} "
+                           f"(sent to brms as {list(ours)})")
+    index = {b: i for i, b in enumerate(got)}
+    return [dict(effect="fixed", term=n, **_summ(fe, index[names[n]])) for n in md.fixed_names]
+
+
+def _ran_pars_rows(md: ModelData, rp: dict) -> list[dict]:
+    groups = set(md.hierarchy.groups)
+    rows = []
+    for i, (group, kind, c1, c2) in enumerate(zip(rp["group"], rp["kind"], rp["coef1"], rp["coef2"])):
+        if kind == "sigma":
+            rows.append(dict(effect="ran_pars", group=RESIDUAL, term=sd_term("Observation"), **_summ(rp, i)))
+            continue
+        if group not in groups:
+            raise BackendError(f"brms returned an unknown grouping factor {group!r} (expected one of {sorted(groups)})")
+        term = sd_term(_term(c1)) if kind == "sd" else cor_term(_term(c1), _term(c2))
+        rows.append(dict(effect="ran_pars", group=group, term=term, **_summ(rp, i)))
+    return rows
+
+
+def _ran_vals_rows(md: ModelData, block: dict) -> list[dict]:
+    """Group deviations; brms's level j is the label of the rows whose grouping index J is j."""
+    group = block["group"]
+    if group not in set(md.hierarchy.groups):
+        raise BackendError(f"brms returned deviations for an unknown grouping factor {group!r}")
+    lv = md.hierarchy.level(group)
+    J = np.asarray(block["J"], dtype=np.int64) - 1
+    n_levels = int(block["n_levels"])
+    pairs = pd.DataFrame({"j": J, "code": lv.codes}).drop_duplicates()
+    if (len(pairs) != n_levels or n_levels != lv.n_groups or pairs["j"].nunique() != n_levels
+            or pairs["code"].nunique() != n_levels):
+        raise BackendError(f"brms's {n_levels} levels of {group} do not correspond one to one to hiercompare's "
+                           f"{lv.n_groups} labels")
+    code_of = np.empty(n_levels, dtype=np.int64)
+    code_of[pairs["j"].to_numpy()] = pairs["code"].to_numpy()
+    order = np.argsort(code_of)  # rows in hiercompare's label order
+    rows = []
+    for j in order:
+        label = lv.labels[code_of[j]]
+        for k, coef in enumerate(block["coefs"]):
+            s = {key: block[key][k] for key in ("mean", "sd", "lo", "hi", "mcse")}
+            rows.append(dict(effect="ran_vals", group=group, level=label, term=_term(coef), **_summ(s, j)))
+    return rows
+
+
+def _diagnostics(out: dict) -> dict:
+    conv = out["convergence"]
+    var = list(conv["variable"])
+    rhat, ess_b, ess_t = _floats(conv["rhat"]), _floats(conv["ess_bulk"]), _floats(conv["ess_tail"])
+
+    def pick(values, fn):
+        ok = np.isfinite(values)
+        if not ok.any():
+            return float("nan"), None
+        i = np.flatnonzero(ok)[fn(values[ok])]
+        return float(values[i]), var[i]
+
+    rhat_max, rhat_var = pick(rhat, np.argmax)
+    ess_b_min, ess_b_var = pick(ess_b, np.argmin)
+    ess_t_min, ess_t_var = pick(ess_t, np.argmin)
+    nonfinite = int((~np.isfinite(rhat)).sum())
+    divergences = int(out["divergences"])
+    converged = bool(rhat_max <= RHAT_MAX and ess_b_min >= ESS_MIN and ess_t_min >= ESS_MIN and divergences == 0)
+    warns = list(out.get("warnings") or []) + list(out.get("messages") or [])
+    if not converged:
+        warns.append(f"sampling diagnostics below thresholds (R-hat <= {RHAT_MAX}, ESS >= {ESS_MIN}, no divergences)")
+    return {"converged": converged, "singular": False, "warnings": warns,
+            "rhat_max": rhat_max, "rhat_max_variable": rhat_var,
+            "ess_bulk_min": ess_b_min, "ess_bulk_min_variable": ess_b_var,
+            "ess_tail_min": ess_t_min, "ess_tail_min_variable": ess_t_var,
+            "nonfinite_rhat": nonfinite, "divergences": divergences,
+            "treedepth_hits": int(out["treedepth_hits"]), "mean_leapfrog_steps": float(out["mean_leapfrog"]),
+            "chain_seconds": {k: [float(v) for v in out["chain_seconds"][k]] for k in ("warmup", "sample")},
+            "convergence_tool": conv["tool"]}

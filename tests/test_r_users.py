@@ -25,4 +25,4 @@ def test_reticulate_from_r():
     assert out.returncode == 0, text[-3000:]
     result = [line for line in text.splitlines() if line.startswith("RESULT")][-1].split()
     failed, errors, skipped, n = map(int, result[1:])
-    assert (failed, errors, skipped) == (0, 0, 0) and n == 14, text[-3000:]
+    assert (failed, errors, skipped) == (0, 0, 0) and n == 16, text[-3000:]

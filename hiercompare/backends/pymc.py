@@ -194,12 +194,13 @@ def build_model(md: ModelData, pri: Priors, likelihood: str, collapse: str = "no
         coords[f"{_safe(lv.group)}__terms"] = list(lv.spec.terms)
     names = {"fixed": [], "sd": [], "cor": [], "r": []}
     with pm.Model(coords=coords) as model:
-        mus, sigmas = [], []
-        for col in md.fixed_names:
-            d = pri.intercept if col == "(Intercept)" else pri.b[col]
-            mus.append(d[1])
-            sigmas.append(d[2])
-        beta = pm.Normal("beta", mu=np.array(mus), sigma=np.array(sigmas), dims="fixed")
+        dists = [pri.intercept if col == "(Intercept)" else pri.b[col] for col in md.fixed_names]
+        if all(d[0] == "normal" for d in dists):
+            beta = pm.Normal("beta", mu=np.array([d[1] for d in dists]), sigma=np.array([d[2] for d in dists]),
+                             dims="fixed")
+        else:  # a Student-t prior on some coefficient: one variable per coefficient
+            parts = [_prior_var(pm, f"beta_{j}", d) for j, d in enumerate(dists)]
+            beta = pm.Deterministic("beta", pt.stack(parts), dims="fixed")
         names["fixed"] = "beta"
         effects = []
         for li, lv in enumerate(levels):

@@ -59,5 +59,5 @@ hc_study <- function(config, out_dir, workers = 1L) {
 hc_report <- function(out_dir) {
   hc <- hc_module()
   rep <- reticulate::import("hiercompare.report.study")
-  rep$render_study_report(out_dir)
+  as.character(rep$render_study(out_dir))
 }

@@ -42,6 +42,9 @@ test_that("compare and study from R return data.frames", {
   expect_true(is.data.frame(res))
   expect_equal(sort(unique(res$backend)), c("native", "ols"))
   expect_equal(sort(unique(res$replication)), c(0, 1))
+  html <- hc_report(file.path(tempdir(), "r_tiny_study"))
+  expect_true(file.exists(html))
+  expect_true(any(grepl("Provenance", readLines(html, warn = FALSE))))
 })
 
 test_that("R backends say why they are unavailable inside R", {

@@ -28,10 +28,44 @@ INSTALL_HINT = (
     "run `make install` (on Debian as root it installs R and the R packages with apt); "
     "otherwise install R >= 4.2 with lme4 and jsonlite, then `pip install 'rpy2>=3.5.11,<3.6'`"
 )
-_LOCK = threading.RLock()
+_RAW_LOCK = threading.RLock()
 _SOURCED: set[str] = set()
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*$")
 _FORMULA = re.compile(r"^[A-Za-z0-9_.:+|()~ ]+$")
+
+
+class _RSession:
+    """The lock that serialises R calls, entered with rpy2's default converter made explicit.
+
+    rpy2 keeps its active conversion rules in a ContextVar; threads that did not inherit it (Dask's worker
+    threads, for one) fail with "Conversion rules for rpy2.robjects appear to be missing".
+    """
+
+    _local = threading.local()
+
+    def __enter__(self):
+        _RAW_LOCK.acquire()
+        try:
+            import rpy2.robjects as ro
+            from rpy2.robjects.conversion import localconverter
+
+            ctx = localconverter(ro.default_converter)
+            ctx.__enter__()
+            self._local.__dict__.setdefault("stack", []).append(ctx)
+        except Exception:
+            _RAW_LOCK.release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self._local.stack.pop().__exit__(*exc)
+        finally:
+            _RAW_LOCK.release()
+        return False
+
+
+_LOCK = _RSession()
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,10 +80,10 @@ def _base_availability() -> tuple[bool, str]:
         import rpy2  # noqa: F401
     except Exception as exc:
         return False, f"rpy2 is not installed ({exc}); {INSTALL_HINT}"
+    saved = os.environ.get("LD_LIBRARY_PATH")
     try:
-        with _LOCK:
-            saved = os.environ.get("LD_LIBRARY_PATH")
-            import rpy2.robjects as ro  # starts embedded R
+        with _LOCK:  # importing rpy2.robjects starts the embedded R
+            import rpy2.robjects as ro
 
             _quiet_console()
             ro.r("invisible(TRUE)")
@@ -125,20 +159,27 @@ def call(script: str, function: str, *args, **kwargs) -> dict:
 def floats(x) -> object:
     import rpy2.robjects as ro
 
-    return ro.FloatVector(np.asarray(x, dtype=float))
+    with _LOCK:
+        return ro.FloatVector(np.asarray(x, dtype=float))
 
 
 def matrix(X: np.ndarray) -> object:
     import rpy2.robjects as ro
 
     X = np.asarray(X, dtype=float)
-    return ro.r["matrix"](ro.FloatVector(X.ravel(order="F")), nrow=X.shape[0], ncol=X.shape[1])
+    with _LOCK:
+        return ro.r["matrix"](ro.FloatVector(X.ravel(order="F")), nrow=X.shape[0], ncol=X.shape[1])
 
 
 def dataframe(frame: pd.DataFrame, factors: dict[str, tuple[str, ...] | None]) -> object:
     """An R data.frame; columns in ``factors`` become factors (with the given level order, else sorted)."""
     import rpy2.robjects as ro
 
+    with _LOCK:
+        return _dataframe(ro, frame, factors)
+
+
+def _dataframe(ro, frame, factors):
     cols = {}
     for name in frame.columns:
         if not _NAME.match(str(name)):

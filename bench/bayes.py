@@ -81,6 +81,29 @@ def scaling(draws=1000, tune=1000) -> dict:
     return out
 
 
+def brms_cache(n_obs: int = 20, iters: int = 500) -> dict:
+    """brms: first fit of a structure (compile + sample) vs a second fit of the same structure on NEW data of
+    the same size with the same iterations (compiled model reused), both in this process, fresh cache."""
+    import tempfile
+
+    if "brms" not in hc.available_backends():
+        return {"brms": "unavailable"}
+    from hiercompare.backends.brms import clear_memory_cache
+
+    clear_memory_cache()
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        for label, seed in (("first_fit", 1), ("second_fit_new_data", 2)):
+            data, _ = hc.simulate(hc.Scenario(n_obs=n_obs), seed=seed)
+            t0 = time.perf_counter()
+            f = hc.fit(data, hc.Scenario().formula(), backend="brms", seed=seed, iter=iters, warmup=iters,
+                       cache_dir=cache)
+            out[label] = {"rows": len(data), "seconds": time.perf_counter() - t0,
+                          "compiled": f.diagnostics["compiled"], "compile_seconds": f.diagnostics.get("compile_seconds")}
+    out["ratio_second_to_first"] = out["second_fit_new_data"]["seconds"] / out["first_fit"]["seconds"]
+    return out
+
+
 def run() -> dict:
     data, _ = hc.simulate(hc.Scenario(), seed=123)
     ours = ours_ess(data, hc.Scenario().formula())
@@ -90,6 +113,7 @@ def run() -> dict:
                            "ratio_sampling_only": ours["ess_per_second_sampling"] / seed["ess_per_second"],
                            "ratio_including_compile": ours["ess_per_second_incl_compile"] / seed["ess_per_second"]},
         "scaling": scaling(),
+        "brms_cache": brms_cache(),
     }
 
 

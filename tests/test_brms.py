@@ -144,7 +144,9 @@ def test_cached_fit_in_process(first):
     print(f"\nbrms first fit {first_seconds:.1f} s; cached fit on new data (same process) {seconds:.1f} s "
           f"({seconds / first_seconds:.0%})")
     assert d["compiled"] is False and d["cache"] == "memory" and d["compile_seconds"] == 0
-    assert seconds <= 0.25 * first_seconds
+    # this fit is smaller than the first (400 rows, 2 x 200 iterations): the time claim here is only that
+    # no compile happened; the like-for-like first-vs-second ratio is measured by `make bench` (bench/bayes.py)
+    assert seconds < 0.5 * first[0].diagnostics["compile_seconds"]
     # 2 x 100 draws cannot give a bulk ESS of 400 for each of ~75 parameters: the warning must say so
     assert d["converged"] is False and conv and "ESS" in str(conv[0].message)
     assert fit.ranef("market").shape == (10, 2)

@@ -279,7 +279,6 @@ class MixedCore:
         blups, blup_cov = [], []
         u_path = np.broadcast_to(beta, (1, p)).copy()  # per group of the level above: [beta, u_1..u_{l-1}]
         P_path = (Sinv if condvar == "full" else np.zeros_like(Sinv))[None].copy()
-        parent_idx = np.zeros(1, dtype=int)
         for li in range(self.L):
             M = stored[li]
             k = self.k[li]

@@ -18,6 +18,7 @@ class Backend:
     requires: tuple[str, ...] = ()  # python modules needed
     install_hint: str = "run `make install`"
     takes_seed: bool = False  # True for backends that draw random numbers (samplers, learners): fit() passes seed
+    requires_groups: bool = True  # every mixed-model backend; ols / r_lm fit a model without group terms too
 
     def availability(self) -> tuple[bool, str]:
         for mod in self.requires:
@@ -29,6 +30,9 @@ class Backend:
 
     def check(self, spec: ModelSpec) -> None:
         """Raise SpecError if this backend cannot fit ``spec`` exactly as written."""
+        if self.requires_groups and not spec.groups:
+            raise SpecError(f"{self.name} needs at least one group term such as (1 | market); "
+                            "use ols for a model without one")
         if spec.family not in self.families:
             raise SpecError(
                 f"backend {self.name!r} fits families {list(self.families)}, not {spec.family!r}; "

@@ -115,9 +115,6 @@ class BrmsBackend(Backend):
 
     def check(self, spec) -> None:
         super().check(spec)
-        if not spec.groups:
-            raise SpecError("brms here needs at least one group term such as (1 | market); use ols or lme4 for a "
-                            "fixed-effects model")
         clash = [v for v in spec.variables if v == BRMS_INTERCEPT or v.startswith(_DUMMY)]
         if clash:
             raise SpecError(f"column name(s) {clash} are reserved by the brms backend ('Intercept' and names "

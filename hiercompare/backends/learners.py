@@ -13,8 +13,6 @@ linear terms in X, so f need not (and trees cannot well) absorb them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from ..design import ModelData
-from ..errors import SpecError
 from ..results import RESIDUAL, Fit, sd_term, tidy_frame
 from . import learners
 from .base import Backend
@@ -50,10 +49,6 @@ class LightGBMBackend(Backend):
     install_hint = "pip install 'hiercompare[ml]' (or run `make install`)"
     takes_seed = True
 
-    def check(self, spec) -> None:
-        super().check(spec)
-        if not spec.groups:
-            raise SpecError("lightgbm needs at least one group term; without one it is plain boosting")
 
     def fit(self, md: ModelData, method: str = "REML", max_rounds: int = 1000, early_stopping: int = 50,
             refit_every: int = 10, validation_fraction: float = 0.2, features: tuple[str, ...] | None = None,
@@ -113,7 +108,8 @@ def _boost(md: ModelData, feats, params, rounds, method, refit_every, valid_data
     train = lgb.Dataset(learners.feature_matrix(md, md.data, feats), label=md.y, free_raw_data=False)
     curve: list[float] = []
     callbacks = []
-    valid_sets, feval = [], None
+    valid_sets = []
+    feval = None
     if valid_data is not None:
         # validation rows belong to known groups: predict them with the current fit's beta and BLUPs
         Xv = md.fixed_matrix(valid_data)

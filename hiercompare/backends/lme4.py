@@ -29,10 +29,6 @@ class Lme4Backend(Backend):
     def availability(self):
         return rbridge.availability(("lme4",))
 
-    def check(self, spec) -> None:
-        super().check(spec)
-        if not spec.groups:
-            raise SpecError("lme4 needs at least one group term such as (1 | market); use ols for a fixed-effects model")
 
     def fit(self, md: ModelData, method: str = "REML", optimizer: str = "default", **options) -> Fit:
         if options:

@@ -21,10 +21,6 @@ class NativeBackend(Backend):
     name = "native"
     description = "exact Gaussian LMM on sufficient statistics (mixedcore), nested levels, REML or ML"
 
-    def check(self, spec) -> None:
-        super().check(spec)
-        if not spec.groups:
-            raise SpecError("native needs at least one group term such as (1 | market); use ols without one")
 
     def fit(self, md: ModelData, method: str = "REML", condvar: str = "full", **options) -> Fit:
         if options:

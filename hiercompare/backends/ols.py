@@ -11,6 +11,7 @@ from .base import Backend
 
 class OLSBackend(Backend):
     name = "ols"
+    requires_groups = False
     description = "statsmodels OLS, group dummies + slope interactions, sum-to-zero coding (no pooling)"
     requires = ("statsmodels",)
 

@@ -65,16 +65,11 @@ class PyMCBackend(Backend):
     install_hint = "pip install 'hiercompare[bayes]' (or run `make install`)"
     takes_seed = True
 
-    def check(self, spec) -> None:
-        super().check(spec)
-        if not spec.groups:
-            raise SpecError("pymc needs at least one group term such as (1 | market)")
 
     def fit(self, md: ModelData, draws: int = 1000, tune: int = 1000, chains: int = 2, cores: int | None = None,
             sampler: str = "auto", priors: Priors | dict | None = None, target_accept: float = 0.9,
             likelihood: str = "auto", collapse: str | bool = "auto", seed: int | None = None,
             progressbar: bool = False, **options) -> Fit:
-        import arviz as az
         import pymc as pm
 
         if options:
@@ -335,7 +330,7 @@ def _chol_solve(pt, A, B, k):
 
 def _marginal_loglik(pt, core, Ls, beta, sigma, C=None):
     """log p(y | beta, sigma, Sigma) from the per-leaf sums: mixedcore's elimination written in pytensor."""
-    K, p, D = core.K, core.p, core.K + core.p + 1
+    p, D = core.p, core.K + core.p + 1
     T = pt.eye(D)
     off = 0
     for li, k in enumerate(core.k):
@@ -347,7 +342,6 @@ def _marginal_loglik(pt, core, Ls, beta, sigma, C=None):
     for li in range(core.L - 1, -1, -1):
         k = core.k[li]
         start = int(sum(core.k[:li]))
-        e = np.arange(start, start + k)
         r = np.r_[np.arange(start), np.arange(start + k, start + k + p + 1)]
         Mee = M[:, start:start + k, start:start + k] + pt.eye(k)[None]
         Mer = M[:, start:start + k][:, :, r]
@@ -463,7 +457,6 @@ def _mcse_rows(md: ModelData, idata, names) -> list[dict]:
     """Monte Carlo SE of each posterior mean (arviz, method 'mean'), keyed like the tidy rows."""
     import arviz as az
 
-    post = idata.posterior
     rows = []
 
     def add(effect, group, level, term, value):

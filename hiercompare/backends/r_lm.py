@@ -12,6 +12,7 @@ from .base import Backend
 
 class RLmBackend(Backend):
     name = "r_lm"
+    requires_groups = False
     description = "R lm() on the ols design matrix, through rpy2"
 
     def availability(self):

@@ -215,10 +215,6 @@ class TorchBackend(Backend):
     description = ("LMMNN-style: MLP f(x) trained jointly with the variance components on the exact Gaussian "
                    "marginal likelihood (mixedcore); BLUPs conditional on f")
 
-    def check(self, spec) -> None:
-        super().check(spec)
-        if not spec.groups:
-            raise SpecError("torch needs at least one group term such as (1 | market); without one use ols")
 
     def versions(self):
         import torch
@@ -377,10 +373,6 @@ class TorchEmbedBackend(Backend):
     description = ("BASELINE (the seed's naive approach): MLP on features + a learned embedding per group, MSE "
                    "only; no variance components, no shrinkage; group deviations by embedding replacement")
 
-    def check(self, spec) -> None:
-        super().check(spec)
-        if not spec.groups:
-            raise SpecError("torch-embed needs at least one group term such as (1 | market)")
 
     def versions(self):
         import torch

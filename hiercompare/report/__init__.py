@@ -104,6 +104,9 @@ def render_demo(results: dict) -> str:
     agreement_cols = ["pair", "param_class", "agree", "disagree", "boundary", "missing", "info", "max_abs_diff",
                       "max_rel_diff", "tolerance", "tol_kind", "verdict"]
     agreement_rows = _records(agreement, agreement_cols) if not agreement.empty else []
+    # pairs with a rule first; pairs that estimate different things (verdict info) folded below them
+    info_rows = [r for r in agreement_rows if r["verdict"] == "info"]
+    agreement_rows = [r for r in agreement_rows if r["verdict"] != "info"]
 
     timing_cols = ["backend", "status", "fit_seconds", "total_seconds"]
     timing_rows = [{"backend": t["backend"], "status": t["status"], "fit_seconds": _fmt(t.get("fit_seconds")),
@@ -127,7 +130,7 @@ def render_demo(results: dict) -> str:
         seed=results.get("seed"), nobs=results.get("nobs"), tree=tree,
         truth_rows=truth_rows, truth_cols=truth_cols, fixed_rows=fixed_rows, fixed_cols=fixed_cols,
         vc_rows=vc_rows, vc_cols=vc_cols, variance_png=variance_png, market_png=market_png,
-        agreement_rows=agreement_rows, agreement_cols=agreement_cols, timing_rows=timing_rows,
+        agreement_rows=agreement_rows, info_rows=info_rows, agreement_cols=agreement_cols, timing_rows=timing_rows,
         timing_cols=timing_cols, diagnostics=diagnostics, skipped=results.get("skipped", []),
         provenance_rows=provenance_rows, scenario_json=json.dumps(results.get("scenario", {}), indent=2),
     )

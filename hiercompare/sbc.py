@@ -121,6 +121,22 @@ def sbc(md: ModelData, priors: Priors, n_sims: int = 100, draws: int = 500, tune
     return SBCResult(ranks=pd.DataFrame(rank_rows), n_draws=L, diagnostics=pd.DataFrame(diag_rows))
 
 
+def small_design() -> tuple[ModelData, Priors]:
+    """The design and fixed priors of the recorded SBC runs: 6 markets x 3 submarkets x 8 rows, correlated
+    market intercept and x1 slope, submarket intercepts; N(0, 1) fixed effects, half-t(3, 0, 0.5) SDs, LKJ(2)."""
+    import hiercompare as hc
+    from .design import prepare
+
+    sc = hc.Scenario(levels=(hc.LevelScenario("market", 6, {"(Intercept)": 0.5, "x1": 0.3}, ((1, 0.3), (0.3, 1)),
+                                              label="M{i}"),
+                             hc.LevelScenario("submarket", 3, {"(Intercept)": 0.3}, label="S{i}")), n_obs=8)
+    data, _ = hc.simulate(sc, seed=1)
+    md = prepare(hc.ModelSpec.from_formula(sc.formula()), data)
+    pri = Priors(intercept=("normal", 0.0, 1.0), b={"x1": ("normal", 0.0, 1.0), "x2": ("normal", 0.0, 1.0)},
+                 sd=("student_t", 3.0, 0.0, 0.5), sigma=("student_t", 3.0, 0.0, 0.5), cor=("lkj", 2.0))
+    return md, pri
+
+
 def _rank(draws: np.ndarray, truth: float, thin: int) -> int:
     flat = np.asarray(draws).reshape(draws.shape[0], -1)[:, ::thin].ravel()
     return int((flat < truth).sum())

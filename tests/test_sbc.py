@@ -9,22 +9,14 @@ import numpy as np
 import pytest
 
 import hiercompare as hc
-from hiercompare.design import prepare
-from hiercompare.priors import Priors
-from hiercompare.sbc import sbc
+from hiercompare.sbc import sbc, small_design
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif("pymc" not in hc.available_backends(), reason="pymc not installed")]
 
 
 def test_sbc_small():
-    sc = hc.Scenario(levels=(hc.LevelScenario("market", 6, {"(Intercept)": 0.5, "x1": 0.3}, ((1, 0.3), (0.3, 1)),
-                                              label="M{i}"),
-                             hc.LevelScenario("submarket", 3, {"(Intercept)": 0.3}, label="S{i}")), n_obs=8)
-    data, _ = hc.simulate(sc, seed=1)
-    md = prepare(hc.ModelSpec.from_formula(sc.formula()), data)
-    pri = Priors(intercept=("normal", 0.0, 1.0), b={"x1": ("normal", 0.0, 1.0), "x2": ("normal", 0.0, 1.0)},
-                 sd=("student_t", 3.0, 0.0, 0.5), sigma=("student_t", 3.0, 0.0, 0.5), cor=("lkj", 2.0))
+    md, pri = small_design()
     res = sbc(md, pri, n_sims=30, draws=200, tune=300, thin=2, seed=4)
     assert res.n_draws == 200
     assert list(res.ranks.columns) == ["beta[(Intercept)]", "beta[x1]", "beta[x2]", "sigma",

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 import hiercompare as hc
+from hiercompare.report import markdown_table
 from hiercompare import mixedcore
 from hiercompare.backends.learners import group_aware_split
 from hiercompare.design import prepare
@@ -61,16 +62,9 @@ def main(n_seeds: int = 5) -> pd.DataFrame:
     df.to_csv(out / "ml_nonlinear.csv", index=False)
     summary = df.groupby("backend", sort=False).agg(["mean", "std"]).drop(columns="seed")
     (out / "ml_nonlinear.md").write_text(
-        f"# Nonlinear scenario, {n_seeds} seeds (mean and SD over seeds)\n\n" + _markdown(summary.round(4).reset_index()) + "\n")
+        f"# Nonlinear scenario, {n_seeds} seeds (mean and SD over seeds)\n\n" + markdown_table(summary.round(4).reset_index()) + "\n")
     print(summary.round(4).to_string())
     return df
-
-
-def _markdown(df) -> str:
-    cols = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,14 @@ def _records(df: pd.DataFrame, cols) -> list[dict]:
     return [{c: _fmt(r[c]) for c in cols} for _, r in df.iterrows()]
 
 
+def markdown_table(df: pd.DataFrame) -> str:
+    """A pipe table of ``df`` (MultiIndex columns joined by ' / '), for the recorded validation summaries."""
+    cols = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
 def render_demo(results: dict) -> str:
     """HTML for a demo / method-comparison run (see :func:`hiercompare.demo.run_demo` for the dict)."""
     from jinja2 import Environment, PackageLoader, select_autoescape

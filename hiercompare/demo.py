@@ -91,7 +91,9 @@ def run_demo(
     from .design import prepare
     from .spec import ModelSpec
 
-    hierarchy = prepare(ModelSpec.from_formula(formula, family=sc.family), data).hierarchy.describe()
+    # the tree as the fits saw it; built again only when no backend could run
+    md = fits[0].model if fits and fits[0].model is not None else prepare(ModelSpec.from_formula(formula, family=sc.family), data)
+    hierarchy = md.hierarchy.describe()
     results = {
         "title": f"hiercompare demo: scenario {sc.name!r}",
         "formula": formula,

@@ -33,6 +33,14 @@ Executors: in-process (``workers=1``), local processes (``concurrent.futures.Pro
 ``"tcp://host:port"``, a ``distributed.LocalCluster`` or a ``distributed.Client``). R backends (rpy2) embed
 one R per process; local worker processes each start their own. On Dask, start workers with ``--nthreads 1``
 when R backends are in the study (R calls in one process are serialised).
+
+Threads: every fit of a unit runs with one BLAS/OpenMP thread, wherever it runs. Worker processes are started
+with ``OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=MKL_NUM_THREADS=1`` (Dask's nanny sets the same), and
+:func:`run_unit` caps the libraries already loaded with threadpoolctl (R's BLAS included, R being started
+first). Two reasons: ``n`` workers with ``n`` BLAS threads each oversubscribe the cores (measured on 2 cores:
+2 local workers ran slower than 1 before this), and a BLAS reduction splits differently with a different
+thread count, so lme4's optimiser could stop ~1e-4 apart between executors; with one thread everywhere the
+tables are identical whether the study ran in this process, on local workers or on Dask.
 """
 from __future__ import annotations
 
@@ -152,12 +160,9 @@ def run_unit(task: Mapping[str, Any]) -> pd.DataFrame:
     DataFrame
         The unit's rows in :data:`RESULT_COLUMNS` layout (not yet sorted). Failures are rows, never raised.
     """
-    from .fitting import fit
-
     sc = Scenario.from_dict(task["scenario"])
     seed = int(task["seed"])
     base = dict(scenario=sc.name, replication=int(task["replication"]), seed=seed)
-    frames: list[pd.DataFrame] = []
     t0 = time.perf_counter()
     try:
         data, truth = simulate(sc, seed=seed)
@@ -168,13 +173,62 @@ def run_unit(task: Mapping[str, Any]) -> pd.DataFrame:
             r["error"] = "simulate: " + r["error"]
         return normalize(pd.DataFrame(rows))
     tru = truth.tidy()[KEY + ["estimate", "realized"]].rename(columns={"estimate": "truth"})
+    with one_thread(task["backends"]):
+        frames = _fit_all(task, sc, data, tru, base)
+    return normalize(pd.concat(frames, ignore_index=True))
+
+
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@contextmanager
+def one_thread(backends: Sequence[str] = ()) -> Iterator[None]:
+    """Cap BLAS and OpenMP at one thread while inside (restored on exit).
+
+    The backends' libraries are loaded first (``backends``: their names; for the R ones this starts R, whose
+    BLAS is a separate library), so that the cap reaches them; a library loaded later inside the block reads
+    the ``*_NUM_THREADS`` variables, which are set to 1 here as well. torch's intra-op pool is capped too when
+    torch is loaded.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from .backends import get_backend
+
+    for be in backends:  # load R / torch / lightgbm before capping; an unavailable one fails later, as a row
+        try:
+            get_backend(be).availability()
+        except Exception:
+            pass
+    saved_env = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
+    os.environ.update(SINGLE_THREAD_ENV)
+    torch = sys.modules.get("torch")
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    try:
+        if torch is not None:
+            torch.set_num_threads(1)
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _fit_all(task, sc, data, tru, base) -> list[pd.DataFrame]:
+    from .fitting import fit
+
+    frames: list[pd.DataFrame] = []
     for be in task["backends"]:
         opts = dict(task["options"].get(be, {}))
         t1 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                f = fit(data, task["formula"], backend=be, family=sc.family, seed=seed, **opts)
+                f = fit(data, task["formula"], backend=be, family=sc.family, seed=base["seed"], **opts)
                 failure = None
             except Exception as exc:  # any failure is a row with its text, never a crash
                 failure = exc
@@ -187,7 +241,7 @@ def run_unit(task: Mapping[str, Any]) -> pd.DataFrame:
         texts += [t for t in _warning_texts(caught) if t not in texts]
         tab = tab.assign(**base, converged=f.converged, warnings=WARNING_SEP.join(texts), seconds=secs, error="")
         frames.append(tab)
-    return normalize(pd.concat(frames, ignore_index=True))
+    return frames
 
 
 # ---------------------------------------------------------------------------------------------- storage
@@ -696,6 +750,7 @@ def child_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
         nothing else was in it).
     """
     out = dict(os.environ if env is None else env)
+    out.update(SINGLE_THREAD_ENV)
     openrlib = sys.modules.get("rpy2.rinterface_lib.openrlib")
     added = getattr(openrlib, "LD_LIBRARY_PATH", None)
     ld = out.get("LD_LIBRARY_PATH")
@@ -714,24 +769,30 @@ def child_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
 def clean_child_environment() -> Iterator[None]:
     """While inside, ``os.environ`` is :func:`child_environment` (so processes started here get it).
 
+    That is: without the library path that starting R added, and with one BLAS/OpenMP thread
+    (:data:`SINGLE_THREAD_ENV`) so that n worker processes do not run n x cores threads.
+
     Examples
     --------
     >>> with clean_child_environment():  # doctest: +SKIP
     ...     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1)
     """
-    saved = os.environ.get("LD_LIBRARY_PATH")
-    clean = child_environment().get("LD_LIBRARY_PATH")
+    names = ("LD_LIBRARY_PATH", *SINGLE_THREAD_ENV)
+    saved = {k: os.environ.get(k) for k in names}
+    clean = child_environment()
     try:
-        if clean is None:
-            os.environ.pop("LD_LIBRARY_PATH", None)
-        else:
-            os.environ["LD_LIBRARY_PATH"] = clean
+        for k in names:
+            if clean.get(k) is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = clean[k]
         yield
     finally:
-        if saved is None:
-            os.environ.pop("LD_LIBRARY_PATH", None)
-        else:
-            os.environ["LD_LIBRARY_PATH"] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _run_processes(study: Study, pending, workers: int, mp_context: str) -> Iterator[tuple[tuple[int, int], pd.DataFrame]]:
@@ -783,6 +844,7 @@ def _run_dask(client, study: Study, pending) -> Iterator[tuple[tuple[int, int], 
                       "warnings through Python's process-wide warnings machinery and R runs one call at a time "
                       "per process, so start workers with --nthreads 1 (or LocalCluster(threads_per_worker=1))",
                       UserWarning, stacklevel=3)
+    paused = client.run(_pause_profiler)  # {worker address: True where this call stopped the sampler}
     token = uuid.uuid4().hex[:8]
     futures = {}
     for u in pending:
@@ -802,7 +864,39 @@ def _run_dask(client, study: Study, pending) -> Iterator[tuple[tuple[int, int], 
         for fut in futures:
             if not fut.done():
                 fut.cancel()
+        again = [w for w, stopped in paused.items() if stopped]
+        if again:
+            try:
+                client.run(_resume_profiler, workers=again)
+            except Exception:  # a worker that left the cluster has no sampler to restart
+                pass
+
+
+_PROFILER_CALLBACKS = ("profile", "profile-cycle")
+
+
+def _pause_profiler(dask_worker) -> bool:
+    """Stop a Dask worker's statistical profiler for the study (restarted afterwards by :func:`_resume_profiler`).
+
+    The worker samples every thread's stack every 10 ms for its dashboard; with one compute thread that holds
+    the GIL this cost the fits about 15% (measured: the same 60 units' fit seconds 46.7 with it, 42.6 without,
+    local processes 41.0). Returns whether it was running.
+    """
+    running = False
+    for name in _PROFILER_CALLBACKS:
+        pc = dask_worker.periodic_callbacks.get(name)
+        if pc is not None and pc.is_running():
+            pc.stop()
+            running = True
+    return running
+
+
+def _resume_profiler(dask_worker) -> None:
+    for name in _PROFILER_CALLBACKS:
+        pc = dask_worker.periodic_callbacks.get(name)
+        if pc is not None and not pc.is_running():
+            pc.start()
 
 
 __all__ = ["Study", "StudyError", "run_unit", "unit_seed", "read_results", "normalize", "RESULT_COLUMNS", "SORT",
-           "package_versions", "child_environment", "clean_child_environment"]
+           "package_versions", "child_environment", "clean_child_environment", "one_thread"]

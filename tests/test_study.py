@@ -20,7 +20,8 @@ import hiercompare as hc
 from hiercompare.performance import fit_summary, performance
 from hiercompare.results import KEY
 from hiercompare.simulate import LevelScenario, Scenario
-from hiercompare.study import SORT, Study, StudyError, child_environment, clean_child_environment, read_results, unit_seed
+from hiercompare.study import (SINGLE_THREAD_ENV, SORT, Study, StudyError, child_environment, clean_child_environment,
+                               _pause_profiler, _resume_profiler, one_thread, read_results, unit_seed)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -250,13 +251,31 @@ def test_child_environment_drops_what_starting_r_added(monkeypatch):
     monkeypatch.setitem(sys.modules, "rpy2.rinterface_lib.openrlib", fake)
     # rpy2 prepends "<R's path>:" to whatever was there
     env = child_environment({"LD_LIBRARY_PATH": "/usr/lib/R/lib:/usr/lib/x86_64-linux-gnu:/opt/mine", "A": "1"})
-    assert env == {"LD_LIBRARY_PATH": "/opt/mine", "A": "1"}
-    assert child_environment({"LD_LIBRARY_PATH": "/usr/lib/R/lib:/usr/lib/x86_64-linux-gnu:"}) == {}
-    assert child_environment({"LD_LIBRARY_PATH": "/opt/mine"}) == {"LD_LIBRARY_PATH": "/opt/mine"}
+    assert env == {"LD_LIBRARY_PATH": "/opt/mine", "A": "1", **SINGLE_THREAD_ENV}
+    assert child_environment({"LD_LIBRARY_PATH": "/usr/lib/R/lib:/usr/lib/x86_64-linux-gnu:"}) == SINGLE_THREAD_ENV
+    assert child_environment({"LD_LIBRARY_PATH": "/opt/mine"}) == {"LD_LIBRARY_PATH": "/opt/mine", **SINGLE_THREAD_ENV}
     monkeypatch.setenv("LD_LIBRARY_PATH", "/usr/lib/R/lib:/usr/lib/x86_64-linux-gnu:/opt/mine")
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     with clean_child_environment():
         assert os.environ["LD_LIBRARY_PATH"] == "/opt/mine"
+        assert os.environ["OMP_NUM_THREADS"] == os.environ["OPENBLAS_NUM_THREADS"] == "1"
     assert os.environ["LD_LIBRARY_PATH"] == "/usr/lib/R/lib:/usr/lib/x86_64-linux-gnu:/opt/mine"
+    assert os.environ["OMP_NUM_THREADS"] == "8" and "OPENBLAS_NUM_THREADS" not in os.environ
+
+
+def test_one_thread_caps_every_loaded_blas_and_restores_it(monkeypatch):
+    """Fits of a unit run with one BLAS thread (no oversubscription with n workers; same sums everywhere)."""
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    before = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
+    with one_thread(["ols", "mixedlm"]):
+        inside = threadpool_info()
+        assert inside and all(i["num_threads"] == 1 for i in inside)
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    assert {i["filepath"]: i["num_threads"] for i in threadpool_info()} == before
+    assert "OPENBLAS_NUM_THREADS" not in os.environ
 
 
 @pytest.mark.slow
@@ -266,7 +285,20 @@ def test_dask_local_cluster_equals_local(study, reference, tmp_path):
     with clean_child_environment():  # R started in this process (conftest) must not leak into the workers
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     with cluster:
-        res = study.run(tmp_path, scheduler=cluster.scheduler_address, progress=False)
+        from distributed import Client
+
+        with Client(cluster, set_as_default=False) as client:
+            def sampler_running(dask_worker):
+                return [dask_worker.periodic_callbacks[k].is_running() for k in ("profile", "profile-cycle")]
+
+            assert all(all(v) for v in client.run(sampler_running).values())
+            assert all(client.run(_pause_profiler).values())  # what study.run does first
+            assert not any(any(v) for v in client.run(sampler_running).values())
+            client.run(_resume_profiler)
+            assert all(all(v) for v in client.run(sampler_running).values())
+            res = study.run(tmp_path, scheduler=client, progress=False)
+            # the workers' profiler is paused for the study (it cost the fits ~15%) and running again after it
+            assert all(all(v) for v in client.run(sampler_running).values())
     same(res, reference)
     run = json.loads((tmp_path / "manifest.json").read_text())["runs"][0]
     assert run["executor"] == "dask" and run["scheduler"].startswith("tcp://")

@@ -316,6 +316,9 @@ def test_lme4_options_reach_worker_processes(tmp_path):
         got = res[res["replication"] == r].merge(ml, on=KEY, suffixes=("", "_ml")).merge(
             reml, on=KEY, suffixes=("", "_reml"))
         assert len(got) == len(ml)
-        np.testing.assert_allclose(got["estimate"], got["estimate_ml"], rtol=1e-8, atol=1e-10)
-        resid = got[got["group"] == "Residual"].iloc[0]
-        assert abs(resid["estimate"] - resid["estimate_reml"]) > 1e-4  # ML, not the REML default
+        # lme4 is not bit-reproducible between R processes (its optimiser stops within tolerance at a point
+        # that moves with the last bits of its sums: up to 7e-4 relative on SDs measured), so the
+        # worker's fit is compared with this process's to 2e-3; ML and REML differ here by 13-15% on the SDs
+        np.testing.assert_allclose(got["estimate"], got["estimate_ml"], rtol=2e-3, atol=1e-4)
+        sds = got[got["effect"] == "ran_pars"]
+        assert (abs(sds["estimate"] - sds["estimate_reml"]) > 10 * abs(sds["estimate"] - sds["estimate_ml"])).any()

@@ -25,6 +25,7 @@ bench: install
 	$(BIN)/python bench/run.py --out bench_out/results.json
 	$(BIN)/python bench/bayes.py bench_out/bayes.json
 	$(BIN)/python bench/study.py bench_out/study.json
+	$(BIN)/python bench/demo.py bench_out/demo.json
 
 # Regenerate every recorded validation study (validation/*.toml -> validation/<name>_out: results.parquet,
 # manifest.json, performance.csv, report.html, report_tables/); the part files are dropped afterwards.

@@ -51,6 +51,12 @@ def test_demo_subset_writes_report(tmp_path):
                     "Agreement between backends", "Timings", "Provenance"):
         assert section in html
     assert len(res["recovery"]) > 0
+    # stage timings (bench/demo.py reports each stage's share): parts of the total, the fits as timed per backend
+    st = saved["timing_stages"]
+    assert set(st) == {"simulate", "fits", "compare_and_recovery", "report", "other"}
+    assert all(v >= 0 for v in st.values())
+    assert sum(st.values()) == pytest.approx(saved["timing_total_seconds"], rel=1e-9)
+    assert st["fits"] == pytest.approx(sum(t["total_seconds"] for t in saved["timings"]), rel=1e-12)
 
 
 def test_report_escapes_every_label(tmp_path):

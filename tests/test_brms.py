@@ -24,6 +24,7 @@ import pytest
 
 import hiercompare as hc
 from hiercompare.backends import brms as brms_backend
+from hiercompare.design import prepare
 from hiercompare.errors import BackendError, ConvergenceWarning, SpecError
 
 pytestmark = [pytest.mark.r, pytest.mark.slow]
@@ -175,6 +176,26 @@ def test_cached_fit_in_new_process(first, cache_dir):
     assert out["cache_path"].startswith(str(cache_dir))
     assert out["seconds"] < 0.5 * compile_seconds
     assert out["n_ranef"] == 10 * 2 + 50
+
+
+def test_precompile_finds_or_builds_the_same_model(first, cache_dir, tmp_path):
+    """What the demo runs in a second process (`python -m hiercompare.backends.brms`): the same Stan program
+    (same cache key as the first fit, whatever the data), from the disk cache in a new process."""
+    key = first[0].diagnostics["cache_key"]
+    data, _ = _small(seed=21)
+    md = prepare(hc.ModelSpec.from_formula(FORMULA), data)
+    got = brms_backend.BrmsBackend().precompile(md)
+    assert got["key"] == key and got["source"] == "memory"
+    data.to_pickle(tmp_path / "d.pkl")
+    env = dict(os.environ, HIERCOMPARE_CACHE=str(cache_dir))
+    proc = subprocess.run([sys.executable, "-m", "hiercompare.backends.brms", str(tmp_path / "d.pkl"), FORMULA,
+                           "gaussian"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["key"] == key and out["source"] == "disk" and out["path"].startswith(str(cache_dir))
+    bad = subprocess.run([sys.executable, "-m", "hiercompare.backends.brms", str(tmp_path / "d.pkl")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "usage" in bad.stderr
 
 
 # ------------------------------------------------------------------------------------- labels, priors, errors

@@ -218,8 +218,58 @@ class BrmsBackend(Backend):
         return Fit(backend=self.name, spec=md.spec, table=tidy_frame(rows), model=md, loglik=None,
                    method="NUTS (brms/rstan)", nobs=int(out["nobs"]), diagnostics=diag, raw=raw)
 
+    def precompile(self, md: ModelData, priors: Priors | dict | None = None,
+                   cache_dir: str | os.PathLike | bool | None = None) -> dict:
+        """Put the compiled Stan model of ``md`` in the model cache without sampling.
+
+        The same first two steps as :meth:`fit` (brms builds the Stan program; it is compiled unless the cache
+        has it), so a later fit of the same structure, in this process or another with the same ``cache_dir``,
+        starts sampling at once. The demo runs this in a second process while the Python backends fit.
+
+        Returns
+        -------
+        dict
+            ``key`` (the Stan program's hash), ``source`` ("compiled", "disk" or "memory"), ``seconds``,
+            ``path`` of the cache entry and ``notes``.
+        """
+        self.check(md.spec)
+        pri = resolve_priors(md, priors)
+        frame, names = brms_data(md)
+        table = prior_table(md, pri, names)
+        return rbridge.call(
+            "fit_brms.R", "hc_precompile_brms", rbridge.dataframe(frame, {v: None for v in md.spec.grouping_variables}),
+            brms_formula(md, names), md.spec.family, _strs(table["class"]), _strs(table["coef"]),
+            _strs(table["kind"]), rbridge.floats(table["p1"]), rbridge.floats(table["p2"]),
+            rbridge.floats(table["p3"]), _cache_dir(cache_dir))
+
     def versions(self):
         return rbridge.versions(("brms", "rstan", "StanHeaders", "posterior"))
+
+
+def precompile_main(argv: list[str] | None = None) -> int:
+    """``python -m hiercompare.backends.brms DATA.pkl FORMULA FAMILY``: precompile, print the result as JSON.
+
+    DATA.pkl is a pickled DataFrame written by the caller (the demo); the default priors and cache are used.
+    """
+    import json
+    import sys
+
+    from ..design import prepare
+    from ..spec import ModelSpec
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3:
+        print("usage: python -m hiercompare.backends.brms DATA.pkl FORMULA FAMILY", file=sys.stderr)
+        return 2
+    data = pd.read_pickle(args[0])
+    md = prepare(ModelSpec.from_formula(args[1], family=args[2]), data)
+    backend = BrmsBackend()
+    ok, why = backend.availability()
+    if not ok:
+        print(json.dumps({"error": why}))
+        return 1
+    print(json.dumps(backend.precompile(md)))
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -437,3 +487,7 @@ def _diagnostics(out: dict) -> dict:
             "treedepth_hits": int(out["treedepth_hits"]), "mean_leapfrog_steps": float(out["mean_leapfrog"]),
             "chain_seconds": {k: [float(v) for v in out["chain_seconds"][k]] for k in ("warmup", "sample")},
             "convergence_tool": conv["tool"]}
+
+
+if __name__ == "__main__":
+    raise SystemExit(precompile_main())

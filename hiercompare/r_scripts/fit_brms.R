@@ -119,14 +119,12 @@ hc_brms_convergence <- function(x, vars) {
   out
 }
 
-hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chains, iter, warmup, cores,
-                        seed, adapt_delta, max_treedepth, cache_dir) {
+# Steps 1 and 2 of a fit: the brms model (validated, Stan code generated) and its compiled Stan model (from
+# memory, the disk cache, or a compile). Returns list(x, code, key, compiled) or list(error = <JSON>).
+hc_brms_prepare <- function(data, formula, family, cls, coef, kind, p1, p2, p3, cache_dir) {
   suppressPackageStartupMessages({ requireNamespace("brms"); requireNamespace("rstan") })
   fam <- switch(family, gaussian = stats::gaussian(), binomial = brms::bernoulli(), poisson = stats::poisson(),
                 stop("hiercompare: unsupported family ", deparse(family)))
-  chains <- as.integer(chains); iter <- as.integer(iter); warmup <- as.integer(warmup); cores <- as.integer(cores)
-  seed <- if (is.na(seed)) sample.int(.Machine$integer.max, 1L) else as.integer(seed)
-
   # 1. the model: validated by brms, Stan code generated, nothing compiled (cheap)
   setup <- hc_capture({
     pri <- hc_brms_priors(cls, coef, kind, p1, p2, p3)
@@ -136,16 +134,39 @@ hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chai
     list(x = x, pri = pri)
   })
   if (inherits(setup$value, "hc_error"))
-    return(hc_json(list(error = paste("brms rejected the model:", setup$value$message), stage = "brms")))
+    return(list(error = hc_json(list(error = paste("brms rejected the model:", setup$value$message),
+                                     stage = "brms"))))
   x <- setup$value$x
   code <- x$model
   key <- hc_brms_key(code)
-
   # 2. the compiled model (memory, disk, or a compile)
   got <- hc_capture(hc_brms_model(code, key, cache_dir))
   if (inherits(got$value, "hc_error"))
-    return(hc_json(list(error = hc_brms_compile_error(got), stage = "compile", stan_code = code)))
-  compiled <- got$value
+    return(list(error = hc_json(list(error = hc_brms_compile_error(got), stage = "compile", stan_code = code))))
+  list(x = x, code = code, key = key, compiled = got$value, setup = setup, got = got)
+}
+
+# Only steps 1 and 2: make sure the compiled model is in the disk cache (used to compile ahead, in another
+# process, while other work runs).
+hc_precompile_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, cache_dir) {
+  prep <- hc_brms_prepare(data, formula, family, cls, coef, kind, p1, p2, p3, cache_dir)
+  if (!is.null(prep$error)) return(prep$error)
+  hc_json(list(key = prep$key, source = prep$compiled$source, seconds = prep$compiled$seconds,
+               path = prep$compiled$path, notes = I(prep$compiled$notes)))
+}
+
+hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chains, iter, warmup, cores,
+                        seed, adapt_delta, max_treedepth, cache_dir) {
+  chains <- as.integer(chains); iter <- as.integer(iter); warmup <- as.integer(warmup); cores <- as.integer(cores)
+  seed <- if (is.na(seed)) sample.int(.Machine$integer.max, 1L) else as.integer(seed)
+  prep <- hc_brms_prepare(data, formula, family, cls, coef, kind, p1, p2, p3, cache_dir)
+  if (!is.null(prep$error)) return(prep$error)
+  x <- prep$x
+  code <- prep$code
+  key <- prep$key
+  compiled <- prep$compiled
+  setup <- prep$setup
+  got <- prep$got
 
   # 3. sampling with the compiled model on this data (what update(fit, newdata, recompile = FALSE) does)
   t0 <- proc.time()[["elapsed"]]

@@ -194,28 +194,21 @@ def one_thread(backends: Sequence[str] = ()) -> Iterator[None]:
 
     from .backends import get_backend
 
-    for be in backends:  # load R / torch / lightgbm before capping; an unavailable one fails later, as a row
+    for be in backends:  # get_backend loads R / torch / lightgbm (its availability check) before the cap
         try:
-            get_backend(be).availability()
-        except Exception:
+            get_backend(be)
+        except Exception:  # an unavailable one fails later, as a row
             pass
-    saved_env = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
-    os.environ.update(SINGLE_THREAD_ENV)
     torch = sys.modules.get("torch")
     torch_threads = torch.get_num_threads() if torch is not None else None
     try:
         if torch is not None:
             torch.set_num_threads(1)
-        with threadpool_limits(limits=1):
+        with _environ(SINGLE_THREAD_ENV), threadpool_limits(limits=1):
             yield
     finally:
         if torch is not None:
             torch.set_num_threads(torch_threads)
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _fit_all(task, sc, data, tru, base) -> list[pd.DataFrame]:
@@ -777,15 +770,21 @@ def clean_child_environment() -> Iterator[None]:
     >>> with clean_child_environment():  # doctest: +SKIP
     ...     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1)
     """
-    names = ("LD_LIBRARY_PATH", *SINGLE_THREAD_ENV)
-    saved = {k: os.environ.get(k) for k in names}
     clean = child_environment()
+    with _environ({k: clean.get(k) for k in ("LD_LIBRARY_PATH", *SINGLE_THREAD_ENV)}):
+        yield
+
+
+@contextmanager
+def _environ(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, remove) these environment variables while inside; restore them on exit."""
+    saved = {k: os.environ.get(k) for k in values}
     try:
-        for k in names:
-            if clean.get(k) is None:
+        for k, v in values.items():
+            if v is None:
                 os.environ.pop(k, None)
             else:
-                os.environ[k] = clean[k]
+                os.environ[k] = v
         yield
     finally:
         for k, v in saved.items():

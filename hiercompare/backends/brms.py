@@ -263,10 +263,13 @@ def precompile_main(argv: list[str] | None = None) -> int:
         return 2
     data = pd.read_pickle(args[0])
     md = prepare(ModelSpec.from_formula(args[1], family=args[2]), data)
-    backend = BrmsBackend()
-    ok, why = backend.availability()
-    if not ok:
-        print(json.dumps({"error": why}))
+    from . import get_backend
+    from ..errors import HierCompareError
+
+    try:
+        backend = get_backend("brms")
+    except HierCompareError as exc:
+        print(json.dumps({"error": str(exc)}))
         return 1
     print(json.dumps(backend.precompile(md)))
     return 0

@@ -78,9 +78,9 @@ def run_demo(
             timings.append({"backend": name, "status": "not applicable"})
             continue
         if name == "brms" and ahead is not None:
-            note = ahead_note = ahead.wait()
+            ahead_note = ahead.wait()
             stages["brms_precompile_wait"] = ahead.waited
-            say(f"    brms model ahead of time: {note}")
+            say(f"    brms model ahead of time: {ahead_note}")
         say(f"[{i}/{len(names)}] fitting {name} ...")
         try:
             f = fit(data, formula, backend=name, family=sc.family, seed=seed, **DEMO_OPTIONS.get(name, {}))

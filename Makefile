@@ -24,6 +24,7 @@ test-fast: install
 bench: install
 	$(BIN)/python bench/run.py --out bench_out/results.json
 	$(BIN)/python bench/bayes.py bench_out/bayes.json
+	$(BIN)/python bench/brms_flags.py bench_out/brms_flags.json
 	$(BIN)/python bench/study.py bench_out/study.json
 	$(BIN)/python bench/demo.py bench_out/demo.json
 

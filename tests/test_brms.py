@@ -69,8 +69,56 @@ def first(cache_dir, seed_data):
     return fit, truth, seconds, conv
 
 
+def ro_env(name):
+    import rpy2.robjects as ro
+    from hiercompare import rbridge
+
+    with rbridge._LOCK:
+        return ro.r["Sys.getenv"](name)[0]
+
+
 def _small(seed, n_obs=8):
     return hc.simulate(hc.Scenario(n_obs=n_obs), seed=seed)
+
+
+def test_compiler_flags_respect_the_users_makevars_and_key_the_cache(tmp_path):
+    """Ours unless the user has R_MAKEVARS_USER or ~/.R/Makevars; the flags in force are part of the cache key."""
+    from hiercompare import rbridge
+    import rpy2.robjects as ro
+
+    rbridge.call("fit_brms.R", "hc_versions", ro.StrVector([]))  # sources fit_brms.R
+    assert "CXX14FLAGS = -O3" in brms_backend.STAN_MAKEVARS.read_text()
+    dot_r = tmp_path / ".R"
+    dot_r.mkdir()
+    with rbridge._LOCK:
+        r = ro.r
+        before = r("Sys.getenv('R_MAKEVARS_USER', unset = NA)")[0]
+        r.assign("hc_ours", str(brms_backend.STAN_MAKEVARS))
+        r.assign("hc_dot_r", str(dot_r))
+        try:
+            r("Sys.unsetenv('R_MAKEVARS_USER')")
+            mine = r("hc_brms_makevars(hc_ours, hc_dot_r)")
+            assert list(mine.rx2("path")) == [str(brms_backend.STAN_MAKEVARS)]
+            assert list(mine.rx2("text"))[0] == "hiercompare Makevars" and "CXX14FLAGS = -O3" in list(mine.rx2("text"))
+            (dot_r / "Makevars").write_text("CXX14FLAGS = -O1\n")
+            theirs = r("hc_brms_makevars(hc_ours, hc_dot_r)")
+            assert list(theirs.rx2("path")) == [""] and list(theirs.rx2("text"))[1:] == ["CXX14FLAGS = -O1"]
+            (dot_r / "Makevars").unlink()
+            r.assign("hc_env_mk", str(tmp_path / "mine.mk"))
+            r("Sys.setenv(R_MAKEVARS_USER = hc_env_mk)")
+            env = r("hc_brms_makevars(hc_ours, hc_dot_r)")
+            assert list(env.rx2("path")) == [""] and "mine.mk" in list(env.rx2("text"))[0]
+            r("Sys.unsetenv('R_MAKEVARS_USER')")
+            keys = {r(f"hc_brms_key('model {{}}', {x})")[0] for x in
+                    ("hc_brms_makevars(hc_ours, hc_dot_r)$text", "c('user Makevars', 'CXX14FLAGS = -O1')",
+                     "character(0)")}
+            assert len(keys) == 3
+        finally:
+            if isinstance(before, str) and before != "NA":
+                r.assign("hc_before", before)
+                r("Sys.setenv(R_MAKEVARS_USER = hc_before)")
+            else:
+                r("Sys.unsetenv('R_MAKEVARS_USER')")
 
 
 # ------------------------------------------------------------------------------------- the first fit
@@ -88,6 +136,15 @@ def test_first_fit_compiles_and_reports(first, cache_dir):
     assert "student_t_lpdf(sigma | hc_prior_" in code
     # every prior number is Stan data, none is a literal in the program
     assert "real hc_prior_1_1;" in code
+    # compiled with hiercompare's flags (-O3, no -g) unless this machine's user has a Makevars of their own
+    user_makevars = os.environ.get("R_MAKEVARS_USER") or any(
+        os.path.exists(os.path.expanduser(f"~/.R/{f}")) for f in ("Makevars",))
+    flags = d["compiler_flags"]
+    assert ro_env("R_MAKEVARS_USER") == (os.environ.get("R_MAKEVARS_USER") or "")  # set only during the compile
+    if user_makevars:
+        assert flags[0].startswith("user Makevars")
+    else:
+        assert flags[0] == "hiercompare Makevars" and "CXX14FLAGS = -O3" in flags
     # the convergence verdict follows its documented rule, and a warning comes exactly when it fails
     rule = (d["rhat_max"] <= 1.01 and d["ess_bulk_min"] >= 400 and d["ess_tail_min"] >= 400
             and d["divergences"] == 0)

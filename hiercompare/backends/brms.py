@@ -74,6 +74,9 @@ BRMS_INTERCEPT = "Intercept"
 _FORMULA = re.compile(r"^[A-Za-z0-9_.:+|()~ ]+$")
 _COEF = re.compile(r"^[A-Za-z][A-Za-z0-9_.:]*$")
 _DUMMY = "hc_d"  # prefix of the treatment-dummy columns passed for categorical fixed terms
+# Compiler flags for brms's Stan models (-O3, no -g), used unless the user has a Makevars of their own;
+# see hc_brms_makevars in r_scripts/fit_brms.R.
+STAN_MAKEVARS = rbridge.SCRIPTS / "stan_makevars.mk"
 
 
 def default_cache_dir() -> Path:
@@ -181,7 +184,8 @@ class BrmsBackend(Backend):
             "fit_brms.R", "hc_fit_brms", rbridge.dataframe(frame, {v: None for v in md.spec.grouping_variables}),
             formula, md.spec.family, _strs(table["class"]), _strs(table["coef"]), _strs(table["kind"]),
             rbridge.floats(table["p1"]), rbridge.floats(table["p2"]), rbridge.floats(table["p3"]),
-            chains, iter, warmup, cores, float("nan") if seed is None else seed, adapt_delta, max_treedepth, cdir)
+            chains, iter, warmup, cores, float("nan") if seed is None else seed, adapt_delta, max_treedepth, cdir,
+            str(STAN_MAKEVARS))
 
         rows = _fixed_rows(md, names, out["fixef"]) + _ran_pars_rows(md, out["ran_pars"])
         for block in out["ranef"]:
@@ -195,6 +199,7 @@ class BrmsBackend(Backend):
             "cache": cache["source"],
             "cache_key": cache["key"],
             "cache_path": cache["path"] or None,
+            "compiler_flags": list(cache.get("flags") or []),
             "compile_seconds": float(cache["seconds"]) if cache["source"] == "compiled" else 0.0,
             "model_load_seconds": float(cache["seconds"]) if cache["source"] != "compiled" else 0.0,
             "sampling_seconds": float(out["sampling_seconds"]),
@@ -240,7 +245,7 @@ class BrmsBackend(Backend):
             "fit_brms.R", "hc_precompile_brms", rbridge.dataframe(frame, {v: None for v in md.spec.grouping_variables}),
             brms_formula(md, names), md.spec.family, _strs(table["class"]), _strs(table["coef"]),
             _strs(table["kind"]), rbridge.floats(table["p1"]), rbridge.floats(table["p2"]),
-            rbridge.floats(table["p3"]), _cache_dir(cache_dir))
+            rbridge.floats(table["p3"]), _cache_dir(cache_dir), str(STAN_MAKEVARS))
 
     def versions(self):
         return rbridge.versions(("brms", "rstan", "StanHeaders", "posterior"))

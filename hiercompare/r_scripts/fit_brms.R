@@ -39,12 +39,32 @@ hc_brms_priors <- function(cls, coef, kind, p1, p2, p3) {
        text = vapply(priors, function(p) p$prior, ""))
 }
 
-hc_brms_key <- function(code) {
+# The compiler flags for Stan models. R's own flags on Debian are "-g -O2 ..."; Stan's C++ templates run about
+# 15% faster at -O3 and compile faster without -g (bench/brms_flags.py measures both, side by side). A user's
+# own Makevars (R_MAKEVARS_USER, ~/.R/Makevars-<platform>, ~/.R/Makevars) is respected: then it is used as it
+# is and `path` is "". `text` (the flags in force) is part of the cache key, so a change of flags recompiles.
+# -march=native is deliberately absent: rstan 2.21 models built with it crash here ("double free or
+# corruption") because StanHeaders' precompiled parts disagree on Eigen's alignment.
+hc_brms_makevars <- function(ours, dot_r = path.expand(file.path("~", ".R"))) {
+  user <- Sys.getenv("R_MAKEVARS_USER")
+  if (!nzchar(user)) {
+    home <- file.path(dot_r, c(paste0("Makevars-", Sys.getenv("R_PLATFORM")), "Makevars"))
+    user <- home[file.exists(home)][1]
+  }
+  if (!is.na(user) && nzchar(user)) {
+    text <- if (file.exists(user)) readLines(user, warn = FALSE) else character(0)
+    return(list(path = "", text = c(paste("user Makevars", user), text)))
+  }
+  if (!nzchar(ours) || !file.exists(ours)) return(list(path = "", text = "R's default flags"))
+  list(path = ours, text = c("hiercompare Makevars", readLines(ours, warn = FALSE)))
+}
+
+hc_brms_key <- function(code, flags = character(0)) {
   versions <- c(R.version.string, as.character(utils::packageVersion("brms")),
                 as.character(utils::packageVersion("rstan")), as.character(utils::packageVersion("StanHeaders")))
   tmp <- tempfile(fileext = ".stan")
   on.exit(unlink(tmp))
-  writeLines(c(code, versions), tmp, useBytes = TRUE)
+  writeLines(c(code, versions, flags), tmp, useBytes = TRUE)
   unname(tools::md5sum(tmp))
 }
 
@@ -62,7 +82,7 @@ hc_brms_save <- function(model, code, path) {
 }
 
 # The compiled model for `code`: from this process, else from the disk cache, else compiled (and saved).
-hc_brms_model <- function(code, key, cache_dir) {
+hc_brms_model <- function(code, key, cache_dir, makevars = list(path = "")) {
   path <- if (nzchar(cache_dir)) file.path(cache_dir, paste0(key, ".rds")) else ""
   notes <- character(0)
   if (exists(key, envir = .hc_brms_models, inherits = FALSE)) {
@@ -82,6 +102,12 @@ hc_brms_model <- function(code, key, cache_dir) {
                   notes = notes))
     }
     notes <- c(notes, paste0("cache entry ", path, " was unreadable or did not match the Stan program; recompiled"))
+  }
+  if (nzchar(makevars$path)) {  # only for this compile; R CMD SHLIB reads it from the environment
+    before <- Sys.getenv("R_MAKEVARS_USER", unset = NA)
+    Sys.setenv(R_MAKEVARS_USER = makevars$path)
+    on.exit(if (is.na(before)) Sys.unsetenv("R_MAKEVARS_USER") else Sys.setenv(R_MAKEVARS_USER = before),
+            add = TRUE)
   }
   model <- rstan::stan_model(model_code = code, model_name = paste0("hc_brms_", substr(key, 1, 8)),
                              save_dso = TRUE)
@@ -121,7 +147,7 @@ hc_brms_convergence <- function(x, vars) {
 
 # Steps 1 and 2 of a fit: the brms model (validated, Stan code generated) and its compiled Stan model (from
 # memory, the disk cache, or a compile). Returns list(x, code, key, compiled) or list(error = <JSON>).
-hc_brms_prepare <- function(data, formula, family, cls, coef, kind, p1, p2, p3, cache_dir) {
+hc_brms_prepare <- function(data, formula, family, cls, coef, kind, p1, p2, p3, cache_dir, makevars_file) {
   suppressPackageStartupMessages({ requireNamespace("brms"); requireNamespace("rstan") })
   fam <- switch(family, gaussian = stats::gaussian(), binomial = brms::bernoulli(), poisson = stats::poisson(),
                 stop("hiercompare: unsupported family ", deparse(family)))
@@ -138,28 +164,29 @@ hc_brms_prepare <- function(data, formula, family, cls, coef, kind, p1, p2, p3, 
                                      stage = "brms"))))
   x <- setup$value$x
   code <- x$model
-  key <- hc_brms_key(code)
+  makevars <- hc_brms_makevars(makevars_file)
+  key <- hc_brms_key(code, makevars$text)
   # 2. the compiled model (memory, disk, or a compile)
-  got <- hc_capture(hc_brms_model(code, key, cache_dir))
+  got <- hc_capture(hc_brms_model(code, key, cache_dir, makevars))
   if (inherits(got$value, "hc_error"))
     return(list(error = hc_json(list(error = hc_brms_compile_error(got), stage = "compile", stan_code = code))))
-  list(x = x, code = code, key = key, compiled = got$value, setup = setup, got = got)
+  list(x = x, code = code, key = key, compiled = got$value, setup = setup, got = got, makevars = makevars)
 }
 
 # Only steps 1 and 2: make sure the compiled model is in the disk cache (used to compile ahead, in another
 # process, while other work runs).
-hc_precompile_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, cache_dir) {
-  prep <- hc_brms_prepare(data, formula, family, cls, coef, kind, p1, p2, p3, cache_dir)
+hc_precompile_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, cache_dir, makevars_file) {
+  prep <- hc_brms_prepare(data, formula, family, cls, coef, kind, p1, p2, p3, cache_dir, makevars_file)
   if (!is.null(prep$error)) return(prep$error)
   hc_json(list(key = prep$key, source = prep$compiled$source, seconds = prep$compiled$seconds,
-               path = prep$compiled$path, notes = I(prep$compiled$notes)))
+               path = prep$compiled$path, notes = I(prep$compiled$notes), flags = I(prep$makevars$text)))
 }
 
 hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chains, iter, warmup, cores,
-                        seed, adapt_delta, max_treedepth, cache_dir) {
+                        seed, adapt_delta, max_treedepth, cache_dir, makevars_file) {
   chains <- as.integer(chains); iter <- as.integer(iter); warmup <- as.integer(warmup); cores <- as.integer(cores)
   seed <- if (is.na(seed)) sample.int(.Machine$integer.max, 1L) else as.integer(seed)
-  prep <- hc_brms_prepare(data, formula, family, cls, coef, kind, p1, p2, p3, cache_dir)
+  prep <- hc_brms_prepare(data, formula, family, cls, coef, kind, p1, p2, p3, cache_dir, makevars_file)
   if (!is.null(prep$error)) return(prep$error)
   x <- prep$x
   code <- prep$code
@@ -263,7 +290,7 @@ hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chai
     brms_formula = paste(deparse(x$formula$formula, width.cutoff = 500L), collapse = " "),
     prior_text = I(setup$value$pri$text),
     cache = list(key = key, source = compiled$source, seconds = compiled$seconds, path = compiled$path,
-                 notes = I(compiled$notes)),
+                 notes = I(compiled$notes), flags = I(prep$makevars$text)),
     sampling_seconds = sampling_seconds,
     warnings = I(c(setup$warnings, got$warnings, run$warnings)),
     messages = I(c(setup$messages, got$messages, run$messages))

@@ -6,15 +6,14 @@ Two runs of the command itself (a new process each, as a user runs it), every ba
    compiled C modules and numba cache (``PYTENSOR_FLAGS=base_compiledir=...``), numba's own cache
    (``NUMBA_CACHE_DIR``);
 2. warm: the same command again with those caches filled by run 1;
-3. warm again (a third run): PyTensor's numba cache keeps filling over the first runs (measured: nutpie's
-   compile of the default model 96 s, then 45 s on a new cache folder; 20 s with this machine's long-used
-   ``~/.pytensor``), so the third run is reported as well.
+3. warm again (a third run), as a check that the second run was already warm.
 
 The operating system's file cache is not dropped (this needs no root and other sessions share the machine),
 so "cold" means cold compilers and caches, with the libraries' files possibly in memory.
 
 The demo compiles brms's Stan model in a second process while the other backends fit (``_BrmsAhead``), so
-on a cold cache brms's C++ compile overlaps nutpie's numba compile; the time the demo then still waits for it
+on a cold cache brms's C++ compile overlaps the other backends (pymc's PyTensor C compile above all); the
+time the demo then still waits for it
 is its own stage. Stages, from the demo's ``results.json``: process start and imports (wall time minus the demo's own total),
 simulating, each backend's fit (data frame to Fit), agreement and recovery tables, the HTML report. Goal
 (issue 5): under 90 s warm and 4 minutes cold on this 2-core machine.

@@ -157,8 +157,8 @@ def run_demo(
 class _BrmsAhead:
     """Compile brms's Stan model in a second process while the other backends fit.
 
-    On a cold cache brms's C++ compile (~50 s, one core) then overlaps nutpie's numba compile (one core)
-    instead of following it. On a warm cache the process only finds the model (a few seconds). If it fails,
+    On a cold cache brms's C++ compile (~40 s, one core) then overlaps the other backends' fits (pymc's
+    PyTensor compile above all) instead of following them. On a warm cache the process only finds the model (a few seconds). If it fails,
     the brms fit compiles as usual; what happened is said in the progress output and the stage timings.
     """
 

@@ -210,6 +210,32 @@ def test_cached_fit_in_process(first):
     assert fit.ranef("market").shape == (10, 2)
 
 
+def test_parallel_chains_fork_or_socket_cluster_give_the_same_draws(first):
+    """With no other thread the chains run in forked R processes; with another thread alive rstan's socket
+    cluster runs them. Same seed: the same draws (rstan's own parallel path: one chain each, chain_id 1..2)."""
+    import threading
+
+    data, _ = _small(seed=13)
+    assert threading.active_count() == 1, "another thread is alive; this test needs the main thread alone"
+    forked, _, _ = _fit(data, seed=9, chains=2, iter=100, warmup=100, cores=2)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        cluster, _, _ = _fit(data, seed=9, chains=2, iter=100, warmup=100, cores=2)
+    finally:
+        stop.set()
+        other.join()
+    one, _, _ = _fit(data, seed=9, chains=2, iter=100, warmup=100, cores=1)
+    assert forked.diagnostics["parallel_chains"] == "fork"
+    assert cluster.diagnostics["parallel_chains"] == "rstan socket cluster"
+    assert one.diagnostics["parallel_chains"] == "one process"
+    cols = ["estimate", "std_error", "conf_low", "conf_high"]
+    for other_fit in (cluster, one):
+        np.testing.assert_array_equal(forked.table[cols].to_numpy(float), other_fit.table[cols].to_numpy(float))
+    assert forked.diagnostics["draws"] == 200 and len(forked.diagnostics["chain_seconds"]["sample"]) == 2
+
+
 def test_cached_fit_in_new_process(first, cache_dir):
     compile_seconds = first[0].diagnostics["compile_seconds"]
     code = (

@@ -45,16 +45,21 @@ Output
     ``fit.diagnostics["stan_code"]`` (also ``fit.raw["stan_code"]``). ``loglik`` is None.
 
 Speed
-    With ``cores > 1`` rstan runs the chains in worker R processes it starts for each fit (R embedded by rpy2
-    counts as interactive, and rstan then uses a socket cluster rather than fork): several seconds per fit,
-    worth it for long runs; small fits are faster with ``cores=1``. Stan's gradient cost grows with the rows
-    (about 0.5 ms per gradient on the default 5,000-row scenario here).
+    With ``cores > 1`` the chains run in forked R processes when this Python process has no other thread
+    (about 0.5 s of overhead), otherwise in the socket cluster of new R processes that rstan starts (R
+    embedded by rpy2 counts as interactive, where rstan does not fork; 3-5 s per fit), e.g. in a Dask
+    worker; ``diagnostics["parallel_chains"]`` says which. Either way the draws are the same for a seed.
+    Stan models are compiled at -O3 without -g (``r_scripts/stan_makevars.mk``) unless the user has a
+    Makevars of their own: ~15% less time per gradient than R's "-g -O2", the same draws
+    (``bench/brms_flags.py``). Stan's gradient cost grows with the rows (about 0.39 ms per gradient on the
+    default 5,000-row scenario here).
 """
 from __future__ import annotations
 
 import math
 import os
 import re
+import threading
 import warnings
 from pathlib import Path
 
@@ -179,13 +184,16 @@ class BrmsBackend(Backend):
         formula = brms_formula(md, names)
         table = prior_table(md, pri, names)
         cdir = _cache_dir(cache_dir)
+        # parallel chains: forked R processes when this process has no other thread (see hc_brms_sampling)
+        fork = cores > 1 and chains > 1 and os.name == "posix" and threading.active_count() == 1
+        parallel = "fork" if fork else ("rstan socket cluster" if cores > 1 and chains > 1 else "one process")
 
         out = rbridge.call(
             "fit_brms.R", "hc_fit_brms", rbridge.dataframe(frame, {v: None for v in md.spec.grouping_variables}),
             formula, md.spec.family, _strs(table["class"]), _strs(table["coef"]), _strs(table["kind"]),
             rbridge.floats(table["p1"]), rbridge.floats(table["p2"]), rbridge.floats(table["p3"]),
             chains, iter, warmup, cores, float("nan") if seed is None else seed, adapt_delta, max_treedepth, cdir,
-            str(STAN_MAKEVARS))
+            str(STAN_MAKEVARS), fork)
 
         rows = _fixed_rows(md, names, out["fixef"]) + _ran_pars_rows(md, out["ran_pars"])
         for block in out["ranef"]:
@@ -200,6 +208,7 @@ class BrmsBackend(Backend):
             "cache_key": cache["key"],
             "cache_path": cache["path"] or None,
             "compiler_flags": list(cache.get("flags") or []),
+            "parallel_chains": parallel,
             "compile_seconds": float(cache["seconds"]) if cache["source"] == "compiled" else 0.0,
             "model_load_seconds": float(cache["seconds"]) if cache["source"] != "compiled" else 0.0,
             "sampling_seconds": float(out["sampling_seconds"]),

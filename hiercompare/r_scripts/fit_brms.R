@@ -182,8 +182,27 @@ hc_precompile_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p
                path = prep$compiled$path, notes = I(prep$compiled$notes), flags = I(prep$makevars$text)))
 }
 
+# rstan::sampling, with the chains run in forked R processes when `fork` (Python says so only when it has no
+# other thread, so a fork cannot copy a lock that another thread holds). rstan itself forks only when R is not
+# interactive or stdout is a terminal; R embedded by rpy2 is interactive, so rstan otherwise starts a socket
+# cluster of new R processes (~5 s per fit). The chains are the ones rstan's own parallel path runs: one chain
+# each, the same seed, chain_id = 1..chains, merged with sflist2stanfit; so the draws are identical.
+hc_brms_sampling <- function(model, sdata, chains, cores, fork, ...) {
+  if (!(isTRUE(fork) && cores > 1L && chains > 1L && .Platform$OS.type == "unix"))
+    return(rstan::sampling(model, data = sdata, chains = chains, cores = cores, ...))
+  fits <- parallel::mclapply(seq_len(chains), function(i)
+    rstan::sampling(model, data = sdata, chains = 1L, cores = 1L, chain_id = i, ...),
+    mc.preschedule = FALSE, mc.cores = min(chains, cores))
+  failed <- !vapply(fits, function(f) methods::is(f, "stanfit") && f@mode == 0L, TRUE)
+  if (any(failed)) {
+    why <- vapply(fits[failed], function(f) if (inherits(f, "try-error")) as.character(f) else "no draws", "")
+    stop("chain(s) ", paste(which(failed), collapse = ", "), " failed: ", paste(unique(why), collapse = "; "))
+  }
+  rstan::sflist2stanfit(fits)
+}
+
 hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chains, iter, warmup, cores,
-                        seed, adapt_delta, max_treedepth, cache_dir, makevars_file) {
+                        seed, adapt_delta, max_treedepth, cache_dir, makevars_file, fork = FALSE) {
   chains <- as.integer(chains); iter <- as.integer(iter); warmup <- as.integer(warmup); cores <- as.integer(cores)
   seed <- if (is.na(seed)) sample.int(.Machine$integer.max, 1L) else as.integer(seed)
   prep <- hc_brms_prepare(data, formula, family, cls, coef, kind, p1, p2, p3, cache_dir, makevars_file)
@@ -201,8 +220,8 @@ hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chai
   run <- hc_capture({
     sdata <- brms::standata(x)
     printed <- utils::capture.output(
-      sfit <- rstan::sampling(compiled$model, data = sdata, chains = chains, iter = warmup + iter,
-                              warmup = warmup, cores = cores, seed = seed,
+      sfit <- hc_brms_sampling(compiled$model, sdata, chains, cores, fork, iter = warmup + iter,
+                              warmup = warmup, seed = seed,
                               control = list(adapt_delta = adapt_delta, max_treedepth = max_treedepth),
                               pars = brms:::exclude_pars(x), include = FALSE, refresh = 0,
                               show_messages = FALSE, open_progress = FALSE))

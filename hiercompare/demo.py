@@ -30,7 +30,8 @@ def git_commit() -> str | None:
         return None
 
 
-# Per-backend options of the demo (recorded in each fit's provenance and shown in the report). brms samples
+# Per-backend options of the demo (in each fit's provenance; the report's provenance table lists every
+# backend's method and options under "backend_options"). brms samples
 # row by row: the demo takes 500 + 500 iterations per chain so that `make demo` stays within minutes; its
 # diagnostics still say whether that was enough (R-hat, ESS, divergences). pymc samples with PyMC's own NUTS
 # (PyTensor's C backend): for one fit its compile is cached across processes, where nutpie's numba callback is
@@ -130,6 +131,10 @@ def run_demo(
             "pandas": pd.__version__,
             "seed": seed,
             "formula": formula,
+            # how each backend fitted: its method and the options it was given (the demo's own are DEMO_OPTIONS)
+            "backend_options": {f.backend: {"fit_method": f.method,
+                                            "options": {k: v for k, v in f.provenance.get("options", {}).items()
+                                                        if k != "seed"}} for f in fits},
             "backend_versions": {f.backend: {k: v for k, v in f.provenance.items()
                                              if k not in ("formula", "formula_as_given", "seed", "options",
                                                           "backend", "nobs", "family")} for f in fits},

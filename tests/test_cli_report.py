@@ -39,13 +39,19 @@ def test_cli_reports_errors_cleanly(tmp_path, capsys):
     assert "DataError" in err and "['nowhere'] are missing" in err
 
 
-def test_demo_subset_writes_report(tmp_path):
+def test_demo_subset_writes_report(tmp_path, monkeypatch):
+    # the demo's per-backend options reach the fits and the report says how each backend fitted
+    monkeypatch.setitem(hc.demo.DEMO_OPTIONS, "mixedlm", {"method": "ML"})
     res = hc.demo.run_demo(tmp_path, backends=["ols", "mixedlm"], progress=lambda m: None)
     html = (tmp_path / "report.html").read_text()
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["formula"] == "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
     assert [f["backend"] for f in saved["fits"]] == ["ols", "mixedlm"]
     assert saved["provenance"]["seed"] == 123 and "git_commit" in saved["provenance"]
+    opts = saved["provenance"]["backend_options"]
+    assert opts["mixedlm"] == {"fit_method": "ML", "options": {"method": "ML"}}
+    assert opts["ols"]["options"] == {} and opts["ols"]["fit_method"] == res["fits"][0]["method"]
+    assert "backend_options" in html and "fit_method" in html
     assert html.count("data:image/png;base64,") == 2
     for section in ("Scenario and truth", "Fixed effects per backend", "Variance components", "Market intercepts",
                     "Agreement between backends", "Timings", "Provenance"):

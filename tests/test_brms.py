@@ -236,6 +236,35 @@ def test_parallel_chains_fork_or_socket_cluster_give_the_same_draws(first):
     assert forked.diagnostics["draws"] == 200 and len(forked.diagnostics["chain_seconds"]["sample"]) == 2
 
 
+def test_forked_chains_that_fail_are_dropped_with_a_warning_or_fail_the_fit(first):
+    """A chain that errors in its forked process: the fit keeps the other chain and says so; all failing is an
+    error carrying the chains' message. (rstan::sampling is replaced for the test, per chain_id.)"""
+    import rpy2.robjects as ro
+    from hiercompare import rbridge
+
+    data, _ = _small(seed=17)
+    with rbridge._LOCK:
+        ro.r("""hc_test_real_sampling <- rstan::sampling
+                hc_test_mock <- function(fail) function(object, ..., chain_id = 1L) {
+                  if (chain_id %in% fail) stop("hc test: chain ", chain_id, " fails")
+                  hc_test_real_sampling(object, ..., chain_id = chain_id)
+                }
+                utils::assignInNamespace("sampling", hc_test_mock(2L), "rstan")""")
+    try:
+        fit, _, _ = _fit(data, seed=4, chains=2, iter=100, warmup=100, cores=2)
+        with rbridge._LOCK:
+            ro.r('utils::assignInNamespace("sampling", hc_test_mock(1:2), "rstan")')
+        with pytest.raises(BackendError, match=r"(?s)chain.s. 1, 2 failed: .*hc test: chain 1 fails"):
+            _fit(data, seed=4, chains=2, iter=100, warmup=100, cores=2)
+    finally:
+        with rbridge._LOCK:
+            ro.r('utils::assignInNamespace("sampling", hc_test_real_sampling, "rstan")')
+    assert fit.diagnostics["parallel_chains"] == "fork"
+    assert fit.diagnostics["draws"] == 100 and len(fit.diagnostics["chain_seconds"]["sample"]) == 1
+    assert any("chain(s) 2 failed: " in w and "hc test: chain 2 fails" in w and "other chain" in w
+               for w in fit.diagnostics["warnings"])
+
+
 def test_cached_fit_in_new_process(first, cache_dir):
     compile_seconds = first[0].diagnostics["compile_seconds"]
     code = (

@@ -193,12 +193,17 @@ hc_brms_sampling <- function(model, sdata, chains, cores, fork, ...) {
   fits <- parallel::mclapply(seq_len(chains), function(i)
     rstan::sampling(model, data = sdata, chains = 1L, cores = 1L, chain_id = i, ...),
     mc.preschedule = FALSE, mc.cores = min(chains, cores))
-  failed <- !vapply(fits, function(f) methods::is(f, "stanfit") && f@mode == 0L, TRUE)
+  # like rstan's own parallel path: failed chains are dropped with a warning, an error only if all failed
+  failed <- !vapply(fits, function(f) methods::is(f, "stanfit") && f@mode == 0L && length(f@sim) > 0, TRUE)
   if (any(failed)) {
-    why <- vapply(fits[failed], function(f) if (inherits(f, "try-error")) as.character(f) else "no draws", "")
-    stop("chain(s) ", paste(which(failed), collapse = ", "), " failed: ", paste(unique(why), collapse = "; "))
+    why <- vapply(fits[failed], function(f) {
+      if (is.null(f)) "its R process died" else if (inherits(f, "try-error")) trimws(as.character(f)) else "no draws"
+    }, "")
+    msg <- paste0("chain(s) ", paste(which(failed), collapse = ", "), " failed: ", paste(unique(why), collapse = "; "))
+    if (all(failed)) stop(msg)
+    warning(msg, "; the fit uses the other chain(s)")
   }
-  rstan::sflist2stanfit(fits)
+  rstan::sflist2stanfit(fits[!failed])
 }
 
 hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chains, iter, warmup, cores,
@@ -304,7 +309,7 @@ hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chai
     chain_seconds = list(warmup = I(unname(elapsed[, "warmup"])), sample = I(unname(elapsed[, "sample"]))),
     seed = seed,
     nobs = nrow(data),
-    draws = chains * iter,
+    draws = nrow(dm),  # kept draws over the chains that ran
     stan_code = code,
     brms_formula = paste(deparse(x$formula$formula, width.cutoff = 500L), collapse = " "),
     prior_text = I(setup$value$pri$text),

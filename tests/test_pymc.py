@@ -192,3 +192,57 @@ def test_bayes_agreement_rule_on_two_independent_runs(pymc_fit, seed_data):
         estimate=np.where(as_brms.table["term"] == "x2", as_brms.table["estimate"] + 0.01, as_brms.table["estimate"])))
     t = hc.compare([pymc_fit, shifted])
     assert t.loc[(t["term"] == "x2") & (t["quantity"] == "estimate"), "verdict"].item() == "disagree"
+
+
+def test_compiled_model_reused_within_a_process():
+    """A study fits one structure many times: the second fit swaps its data (per-leaf sums, rows, data-scaled
+    prior scales) into the compiled model of the first, with the same draws as a fresh compile on that data.
+    Unbalanced trees (5 to 40 rows per leaf) so that the rows and the priors differ between the data sets."""
+    import importlib.util
+    import warnings
+
+    from hiercompare.backends import pymc as pymc_backend
+
+    if not importlib.util.find_spec("nutpie"):
+        pytest.skip("the compiled-model reuse is nutpie's (with_data); nutpie is not installed")
+    sc = hc.Scenario(n_obs=(5, 40))
+    d1, _ = hc.simulate(sc, seed=1)
+    d2, _ = hc.simulate(sc, seed=2)
+    assert len(d1) != len(d2)
+
+    def fit(data):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return hc.fit(data, sc.formula(), backend="pymc", seed=3, draws=200, tune=200)
+
+    pymc_backend.clear_compiled_cache()
+    first, second = fit(d1), fit(d2)
+    assert first.diagnostics["compiled_model"] == "compiled" and first.diagnostics["compile_seconds"] > 1
+    assert second.diagnostics["compiled_model"] == "reused (this process)"
+    assert second.diagnostics["compile_seconds"] < 0.2 * first.diagnostics["compile_seconds"]
+    assert pymc_backend.clear_compiled_cache() == 1
+    fresh = fit(d2)
+    assert fresh.diagnostics["compiled_model"] == "compiled"
+    cols = ["estimate", "std_error", "conf_low", "conf_high"]
+    np.testing.assert_array_equal(second.table[cols].to_numpy(float), fresh.table[cols].to_numpy(float))
+    assert not np.allclose(first.table["estimate"], second.table["estimate"])  # a different data set indeed
+    # what decides reuse: the structure (another formula, other labels -> another key), and only the collapsed
+    # gaussian model with normal priors on the fixed effects is swappable
+    md1 = prepare(hc.ModelSpec.from_formula(sc.formula()), d1)
+    md2 = prepare(hc.ModelSpec.from_formula(sc.formula()), d2)
+    from hiercompare.priors import Priors
+
+    pri1, pri2 = Priors.default(md1), Priors.default(md2)
+    assert pri1.sd[3] != pri2.sd[3]  # data-scaled, yet the same structure
+    assert pymc_backend._structure_key(md1, pri1) == pymc_backend._structure_key(md2, pri2)
+    other = prepare(hc.ModelSpec.from_formula("y ~ x1 + x2 + (1 | market) + (1 | market:submarket)"), d1)
+    assert pymc_backend._structure_key(other, Priors.default(other)) != pymc_backend._structure_key(md1, pri1)
+    relabelled = prepare(hc.ModelSpec.from_formula(sc.formula()), d1.assign(market="m_" + d1["market"]))
+    assert (pymc_backend._structure_key(relabelled, Priors.default(relabelled))
+            != pymc_backend._structure_key(md1, pri1))
+    wider = pri1.replace(sd=("student_t", 4.0, 0.0, pri1.sd[3]))
+    assert pymc_backend._structure_key(md1, wider) != pymc_backend._structure_key(md1, pri1)
+    t_prior = pri1.replace(b={"x1": ("student_t", 3.0, 0.0, 2.0), "x2": pri1.b["x2"]})
+    assert pymc_backend._swappable(md1, pri1, "suffstats", "all")
+    assert not pymc_backend._swappable(md1, t_prior, "suffstats", "all")
+    assert not pymc_backend._swappable(md1, pri1, "suffstats", "leaf")

@@ -26,6 +26,13 @@ removes the funnel between group effects and their SDs that makes hierarchical p
 
 Binomial and Poisson models always sample the group effects non-centred (no closed form).
 
+Compiled models (nutpie). nutpie compiles a numba callback for every model, 20-100 s, which no cache keeps
+between processes. Within a process the collapsed gaussian model (the default) is compiled once per structure
+(tree, labels, terms, fixed effects, prior families): every number that depends on the data (the per-leaf
+sums, the number of rows, the data-scaled prior parameters) is model data, and a later fit of the same
+structure swaps its data in (``with_data``) in well under a second, with the same draws as a fresh compile
+(``diagnostics["compiled_model"]``; :func:`clear_compiled_cache`). This is what makes pymc usable in studies.
+
 Output: the InferenceData (coordinates named by group labels and terms; provenance attributes) as ``fit.raw``,
 and the Fit schema (posterior mean as estimate, posterior SD as std_error, 2.5% and 97.5% quantiles as the
 interval). Diagnostics: max R-hat, min bulk and tail ESS, divergences; a ConvergenceWarning and
@@ -86,16 +93,32 @@ class PyMCBackend(Backend):
         if sampler not in ("nutpie", "pymc"):
             raise SpecError("sampler must be 'auto', 'nutpie' or 'pymc'")
         collapse = _collapse_mode(md, likelihood, collapse)
-        model, names = build_model(md, pri, likelihood, collapse=collapse)
         seed = 0 if seed is None else int(seed)
         cores = cores or min(chains, 2)
+        reuse = sampler == "nutpie" and _swappable(md, pri, likelihood, collapse)
+        key = _structure_key(md, pri) if reuse else None
+        compiled_model = "compiled"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             t0 = time.perf_counter()
+            if reuse and key in _COMPILED:  # same structure fitted before in this process: swap the data in
+                cached, names, model = _COMPILED[key]
+                values = _model_data(md, pri)
+                for name, value in values.items():  # nutpie's initial points (PyMC's) read the priors from here
+                    model[name].set_value(value)
+                compiled = cached.with_data(**values)
+                compiled_model = "reused (this process)"
+            else:
+                model, names = build_model(md, pri, likelihood, collapse=collapse)
             if sampler == "nutpie":
                 import nutpie
 
-                compiled = nutpie.compile_pymc_model(model)
+                if compiled_model == "compiled":
+                    compiled = nutpie.compile_pymc_model(model)
+                    if reuse:
+                        while len(_COMPILED) >= _COMPILED_MAX:
+                            _COMPILED.pop(next(iter(_COMPILED)))
+                        _COMPILED[key] = (compiled, names, model)
                 t1 = time.perf_counter()
                 idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
                                       progress_bar=progressbar, target_accept=target_accept, save_warmup=False)
@@ -117,7 +140,7 @@ class PyMCBackend(Backend):
         diag = _diagnostics(idata, names)
         diag["mcse"] = _mcse_rows(md, idata, names)
         diag.update({"sampler": sampler, "likelihood": likelihood, "draws": draws, "tune": tune, "chains": chains,
-                     "collapse": collapse, "priors": pri.to_dict(), **timing})
+                     "collapse": collapse, "priors": pri.to_dict(), "compiled_model": compiled_model, **timing})
         if not diag["converged"]:
             warnings.warn(f"pymc sampling diagnostics failed: R-hat max {diag['rhat_max']:.4f}, bulk ESS min "
                           f"{diag['ess_bulk_min']:.0f}, tail ESS min {diag['ess_tail_min']:.0f}, "
@@ -188,9 +211,15 @@ def build_model(md: ModelData, pri: Priors, likelihood: str, collapse: str = "no
         coords[f"{_safe(lv.group)}__labels"] = list(lv.labels)
         coords[f"{_safe(lv.group)}__terms"] = list(lv.spec.terms)
     names = {"fixed": [], "sd": [], "cor": [], "r": []}
+    swappable = _swappable(md, pri, likelihood, collapse)
+    values = _model_data(md, pri) if swappable else None
     with pm.Model(coords=coords) as model:
         dists = [pri.intercept if col == "(Intercept)" else pri.b[col] for col in md.fixed_names]
-        if all(d[0] == "normal" for d in dists):
+        if swappable:  # every number that depends on the data is model data (see _model_data)
+            shared = {k: pm.Data(k, v) for k, v in values.items()}
+            beta = pm.Normal("beta", mu=shared["prior_beta_mu"], sigma=shared["prior_beta_sigma"], dims="fixed")
+            pri = _SymbolicScales(pri, shared["prior_sd_scale"], shared["prior_sigma_scale"])
+        elif all(d[0] == "normal" for d in dists):
             beta = pm.Normal("beta", mu=np.array([d[1] for d in dists]), sigma=np.array([d[2] for d in dists]),
                              dims="fixed")
         else:  # a Student-t prior on some coefficient: one variable per coefficient
@@ -234,8 +263,11 @@ def build_model(md: ModelData, pri: Priors, likelihood: str, collapse: str = "no
             names["sigma"] = "sigma"
         if collapse == "all":
             core = mixedcore.from_model_data(md)
-            leaf_sums = pm.Data("leaf_sums", core.C)  # swap with compiled.with_data(leaf_sums=...) for new y
-            pm.Potential("loglik_marginal", _marginal_loglik(pt, core, effects, beta, sigma, leaf_sums))
+            if swappable:
+                leaf_sums, n_obs = shared["leaf_sums"], shared["n_obs"]
+            else:
+                leaf_sums, n_obs = pm.Data("leaf_sums", core.C), core.n
+            pm.Potential("loglik_marginal", _marginal_loglik(pt, core, effects, beta, sigma, leaf_sums, n_obs))
         elif likelihood == "suffstats":
             core = mixedcore.from_model_data(md)
             C = core.C  # (S, K + p + 1, K + p + 1), order [z_1..z_L, X, y]
@@ -277,6 +309,66 @@ def build_model(md: ModelData, pri: Priors, likelihood: str, collapse: str = "no
             else:
                 pm.Poisson("y", mu=pt.exp(eta), observed=md.y)
     return model, names
+
+
+def _swappable(md: ModelData, pri: Priors, likelihood: str, collapse: str) -> bool:
+    """Whether the model's data-dependent numbers can all be model data (the collapsed gaussian model with normal
+    priors on the fixed effects), so that one compiled model serves every data set of the same structure."""
+    return (collapse == "all" and likelihood == "suffstats" and pri.intercept[0] == "normal"
+            and all(pri.b[c][0] == "normal" for c in md.fixed_names if c != "(Intercept)"))
+
+
+def _model_data(md: ModelData, pri: Priors) -> dict[str, np.ndarray]:
+    """Every number of the swappable model that depends on the data: the per-leaf sums, the number of rows and
+    the data-scaled prior parameters. Everything else in the model is its structure (see _structure_key)."""
+    core = mixedcore.from_model_data(md)
+    dists = [pri.intercept if col == "(Intercept)" else pri.b[col] for col in md.fixed_names]
+    return {"leaf_sums": core.C, "n_obs": np.asarray(float(core.n)),
+            "prior_beta_mu": np.array([d[1] for d in dists], float),
+            "prior_beta_sigma": np.array([d[2] for d in dists], float),
+            "prior_sd_scale": np.asarray(float(pri.sd[3])), "prior_sigma_scale": np.asarray(float(pri.sigma[3]))}
+
+
+def _structure_key(md: ModelData, pri: Priors) -> str:
+    """What the swappable model is built from besides _model_data: the tree (groups, labels, parents), the terms
+    and blocks at each level, the fixed effects, the family and the prior families and shapes."""
+    import hashlib
+
+    core = mixedcore.from_model_data(md)
+    parts: list = [md.spec.family, tuple(md.fixed_names), core.p, tuple(core.k), pri.intercept[0],
+                   tuple(pri.b[c][0] for c in md.fixed_names if c != "(Intercept)"),
+                   tuple(pri.sd[:3]), tuple(pri.sigma[:3]), tuple(pri.cor)]
+    for li, lv in enumerate(md.hierarchy.levels):
+        parts += [lv.group, lv.n_groups, tuple(lv.labels), tuple(lv.spec.terms),
+                  tuple(tuple(b) for b in lv.spec.blocks), np.asarray(core.levels[li].parent, np.int64).tobytes()]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+class _SymbolicScales:
+    """The priors with the SD and residual-SD scales replaced by model data (the rest as given)."""
+
+    def __init__(self, pri: Priors, sd_scale, sigma_scale):
+        self._pri = pri
+        self.sd = pri.sd[:3] + (sd_scale,)
+        self.sigma = pri.sigma[:3] + (sigma_scale,)
+
+    def __getattr__(self, name):
+        return getattr(self._pri, name)
+
+
+# Compiled nutpie models of swappable structures in this process (a study fits one structure many times):
+# structure key -> (compiled model, parameter names, PyMC model). A new data set is swapped in with with_data and
+# set on the PyMC model's data too (nutpie draws its initial points from it): the draws are then the same as
+# from a fresh compile on that data set.
+_COMPILED: dict[str, tuple] = {}
+_COMPILED_MAX = 4
+
+
+def clear_compiled_cache() -> int:
+    """Forget the compiled models kept in this process; returns how many there were."""
+    n = len(_COMPILED)
+    _COMPILED.clear()
+    return n
 
 
 def _covariance_factor(pm, pt, lv, g, pri, names):
@@ -328,7 +420,7 @@ def _chol_solve(pt, A, B, k):
     return logdiag, pt.stack(W, axis=1)
 
 
-def _marginal_loglik(pt, core, Ls, beta, sigma, C=None):
+def _marginal_loglik(pt, core, Ls, beta, sigma, C=None, n=None):
     """log p(y | beta, sigma, Sigma) from the per-leaf sums: mixedcore's elimination written in pytensor."""
     p, D = core.p, core.K + core.p + 1
     T = pt.eye(D)
@@ -357,7 +449,7 @@ def _marginal_loglik(pt, core, Ls, beta, sigma, C=None):
     F = M[0]
     g = pt.concatenate([beta, -pt.ones(1)])
     r2 = pt.dot(g, pt.dot(F, g))
-    n = core.n
+    n = core.n if n is None else n
     return -0.5 * (n * np.log(2 * np.pi) + 2 * n * pt.log(sigma) + logdet + r2 / sigma ** 2)
 
 

@@ -226,6 +226,22 @@ def test_compiled_model_reused_within_a_process():
     cols = ["estimate", "std_error", "conf_low", "conf_high"]
     np.testing.assert_array_equal(second.table[cols].to_numpy(float), fresh.table[cols].to_numpy(float))
     assert not np.allclose(first.table["estimate"], second.table["estimate"])  # a different data set indeed
+    # two threads (a Dask worker with two) fitting both data sets at once on the one cached model: each gets
+    # the draws of its own fresh compile
+    import threading
+
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        threads = [threading.Thread(target=lambda k=k, d=d: out.__setitem__(k, hc.fit(
+            d, sc.formula(), backend="pymc", seed=3, draws=200, tune=200))) for k, d in (("d1", d1), ("d2", d2))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert {f.diagnostics["compiled_model"] for f in out.values()} == {"reused (this process)"}
+    np.testing.assert_array_equal(out["d1"].table[cols].to_numpy(float), first.table[cols].to_numpy(float))
+    np.testing.assert_array_equal(out["d2"].table[cols].to_numpy(float), fresh.table[cols].to_numpy(float))
     # what decides reuse: the structure (another formula, other labels -> another key), and only the collapsed
     # gaussian model with normal priors on the fixed effects is swappable
     md1 = prepare(hc.ModelSpec.from_formula(sc.formula()), d1)

@@ -42,7 +42,9 @@ likelihood the pointwise log-likelihood is computed from the draws afterwards, r
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import threading
 import time
 import warnings
 
@@ -101,32 +103,34 @@ class PyMCBackend(Backend):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             t0 = time.perf_counter()
-            if reuse and key in _COMPILED:  # same structure fitted before in this process: swap the data in
-                cached, names, model = _COMPILED[key]
-                values = _model_data(md, pri)
-                for name, value in values.items():  # nutpie's initial points (PyMC's) read the priors from here
-                    model[name].set_value(value)
-                compiled = cached.with_data(**values)
-                compiled_model = "reused (this process)"
-            else:
-                model, names = build_model(md, pri, likelihood, collapse=collapse)
-            if sampler == "nutpie":
-                import nutpie
+            # the lock: a reused PyMC model holds this fit's data until its sampling has drawn the initial points
+            with _COMPILED_LOCK if reuse else contextlib.nullcontext():
+                if reuse and key in _COMPILED:  # same structure fitted before in this process: swap the data in
+                    cached, names, model = _COMPILED[key]
+                    values = _model_data(md, pri)
+                    for name, value in values.items():  # nutpie's initial points (PyMC's) read the priors here
+                        model[name].set_value(value)
+                    compiled = cached.with_data(**values)
+                    compiled_model = "reused (this process)"
+                else:
+                    model, names = build_model(md, pri, likelihood, collapse=collapse)
+                if sampler == "nutpie":
+                    import nutpie
 
-                if compiled_model == "compiled":
-                    compiled = nutpie.compile_pymc_model(model)
-                    if reuse:
-                        while len(_COMPILED) >= _COMPILED_MAX:
-                            _COMPILED.pop(next(iter(_COMPILED)))
-                        _COMPILED[key] = (compiled, names, model)
-                t1 = time.perf_counter()
-                idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
-                                      progress_bar=progressbar, target_accept=target_accept, save_warmup=False)
-            else:
-                t1 = time.perf_counter()
-                with model:
-                    idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
-                                      progressbar=progressbar, target_accept=target_accept)
+                    if compiled_model == "compiled":
+                        compiled = nutpie.compile_pymc_model(model)
+                        if reuse:
+                            while len(_COMPILED) >= _COMPILED_MAX:
+                                _COMPILED.pop(next(iter(_COMPILED)))
+                            _COMPILED[key] = (compiled, names, model)
+                    t1 = time.perf_counter()
+                    idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
+                                          progress_bar=progressbar, target_accept=target_accept, save_warmup=False)
+                else:
+                    t1 = time.perf_counter()
+                    with model:
+                        idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
+                                          progressbar=progressbar, target_accept=target_accept)
             t2 = time.perf_counter()
         if collapse == "leaf":
             _draw_collapsed_leaf(md, idata, names, seed)
@@ -362,6 +366,7 @@ class _SymbolicScales:
 # from a fresh compile on that data set.
 _COMPILED: dict[str, tuple] = {}
 _COMPILED_MAX = 4
+_COMPILED_LOCK = threading.Lock()  # threads of one process (a Dask worker with several) take turns
 
 
 def clear_compiled_cache() -> int:

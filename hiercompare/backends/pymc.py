@@ -215,8 +215,9 @@ def build_model(md: ModelData, pri: Priors, likelihood: str, collapse: str = "no
         coords[f"{_safe(lv.group)}__labels"] = list(lv.labels)
         coords[f"{_safe(lv.group)}__terms"] = list(lv.spec.terms)
     names = {"fixed": [], "sd": [], "cor": [], "r": []}
+    core = mixedcore.from_model_data(md) if likelihood == "suffstats" else None  # the per-leaf sums, once
     swappable = _swappable(md, pri, likelihood, collapse)
-    values = _model_data(md, pri) if swappable else None
+    values = _model_data(md, pri, core) if swappable else None
     with pm.Model(coords=coords) as model:
         dists = [pri.intercept if col == "(Intercept)" else pri.b[col] for col in md.fixed_names]
         if swappable:  # every number that depends on the data is model data (see _model_data)
@@ -266,14 +267,12 @@ def build_model(md: ModelData, pri: Priors, likelihood: str, collapse: str = "no
             sigma = pm.HalfStudentT("sigma", nu=pri.sigma[1], sigma=pri.sigma[3])
             names["sigma"] = "sigma"
         if collapse == "all":
-            core = mixedcore.from_model_data(md)
             if swappable:
                 leaf_sums, n_obs = shared["leaf_sums"], shared["n_obs"]
             else:
                 leaf_sums, n_obs = pm.Data("leaf_sums", core.C), core.n
             pm.Potential("loglik_marginal", _marginal_loglik(pt, core, effects, beta, sigma, leaf_sums, n_obs))
         elif likelihood == "suffstats":
-            core = mixedcore.from_model_data(md)
             C = core.C  # (S, K + p + 1, K + p + 1), order [z_1..z_L, X, y]
             n_s = np.bincount(levels[-1].codes, minlength=levels[-1].n_groups).astype(float)
             anc = md.hierarchy.ancestors(len(levels) - 1) + [np.arange(levels[-1].n_groups)]
@@ -322,10 +321,10 @@ def _swappable(md: ModelData, pri: Priors, likelihood: str, collapse: str) -> bo
             and all(pri.b[c][0] == "normal" for c in md.fixed_names if c != "(Intercept)"))
 
 
-def _model_data(md: ModelData, pri: Priors) -> dict[str, np.ndarray]:
+def _model_data(md: ModelData, pri: Priors, core=None) -> dict[str, np.ndarray]:
     """Every number of the swappable model that depends on the data: the per-leaf sums, the number of rows and
     the data-scaled prior parameters. Everything else in the model is its structure (see _structure_key)."""
-    core = mixedcore.from_model_data(md)
+    core = mixedcore.from_model_data(md) if core is None else core
     dists = [pri.intercept if col == "(Intercept)" else pri.b[col] for col in md.fixed_names]
     return {"leaf_sums": core.C, "n_obs": np.asarray(float(core.n)),
             "prior_beta_mu": np.array([d[1] for d in dists], float),
@@ -338,13 +337,12 @@ def _structure_key(md: ModelData, pri: Priors) -> str:
     and blocks at each level, the fixed effects, the family and the prior families and shapes."""
     import hashlib
 
-    core = mixedcore.from_model_data(md)
-    parts: list = [md.spec.family, tuple(md.fixed_names), core.p, tuple(core.k), pri.intercept[0],
+    parts: list = [md.spec.family, tuple(md.fixed_names), pri.intercept[0],
                    tuple(pri.b[c][0] for c in md.fixed_names if c != "(Intercept)"),
                    tuple(pri.sd[:3]), tuple(pri.sigma[:3]), tuple(pri.cor)]
-    for li, lv in enumerate(md.hierarchy.levels):
+    for lv in md.hierarchy.levels:  # the fixed effects' names and each level's terms fix the sums' shapes
         parts += [lv.group, lv.n_groups, tuple(lv.labels), tuple(lv.spec.terms),
-                  tuple(tuple(b) for b in lv.spec.blocks), np.asarray(core.levels[li].parent, np.int64).tobytes()]
+                  tuple(tuple(b) for b in lv.spec.blocks), np.asarray(lv.parent, np.int64).tobytes()]
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 

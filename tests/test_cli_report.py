@@ -87,3 +87,33 @@ def test_full_demo_with_r(tmp_path):
     assert set(s.loc[s["pair"] == "ols vs r_lm", "verdict"]) == {"agree"}
     mixed = s[s["pair"] == "mixedlm vs lme4"].set_index("param_class")["verdict"]
     assert mixed.drop("ran_vals_se").eq("agree").all() and mixed["ran_vals_se"] == "info"
+
+
+@pytest.mark.r
+def test_console_script_exits_quickly_with_main_code_and_r_cleaned_up(tmp_path):
+    # the console script skips the interpreter's finalisation but runs the exit handlers: rpy2's ends R, which
+    # removes R's temporary folder (under TMPDIR here); the exit code is main's
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("hiercompare")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = tmp_path / "demo"
+    proc = subprocess.run([str(exe), "demo", "--backends", "ols,r_lm", "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = json.loads((out / "results.json").read_text())
+    assert [f["backend"] for f in saved["fits"]] == ["ols", "r_lm"]
+    assert "wrote" in proc.stderr  # progress reached stderr before the quick exit
+    assert not list(tmp_path.glob("Rtmp*"))
+    # the control: R does put its folder there, and leaves it behind when the exit handlers are skipped
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    subprocess.run([sys.executable, "-c", "import os, rpy2.robjects as ro; ro.r('tempdir()'); os._exit(0)"],
+                   env={**env, "TMPDIR": str(ctl)}, timeout=120, check=True)
+    assert len(list(ctl.glob("Rtmp*"))) == 1
+    bad = subprocess.run([str(exe), "fit", "--data", str(out / "data.csv"), "--formula", "y ~ x1 + (1 | nowhere)",
+                          "--backend", "ols"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "['nowhere'] are missing" in bad.stderr

@@ -37,10 +37,12 @@ def get_backend(name: str) -> Backend:
     return backend
 
 
-def backends() -> dict[str, dict]:
-    """Every registered backend with whether it can run here and, if not, why."""
+def backends(names: list[str] | None = None) -> dict[str, dict]:
+    """Every registered backend (or those in ``names``) with whether it can run here and, if not, why."""
     out = {}
     for name, target in REGISTRY.items():
+        if names is not None and name not in names:
+            continue
         module, cls = target.split(":")
         backend = getattr(importlib.import_module(module), cls)()
         ok, reason = backend.availability()

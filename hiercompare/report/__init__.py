@@ -116,9 +116,12 @@ def render_demo(results: dict) -> str:
     info_rows = [r for r in agreement_rows if r["verdict"] == "info"]
     agreement_rows = [r for r in agreement_rows if r["verdict"] != "info"]
 
-    timing_cols = ["backend", "status", "fit_seconds", "total_seconds"]
+    timing_cols = ["backend", "status", "fit_seconds", "total_seconds", "where"]
+    # "where": a fit in a second process ran at the same time as the others; its seconds overlap theirs
     timing_rows = [{"backend": t["backend"], "status": t["status"], "fit_seconds": _fmt(t.get("fit_seconds")),
-                    "total_seconds": _fmt(t.get("total_seconds"))} for t in results.get("timings", [])]
+                    "total_seconds": _fmt(t.get("total_seconds")),
+                    "where": (f"{t['process']} (waited {t['waited_seconds']:.1f} s for it)" if "process" in t
+                              else "this process")} for t in results.get("timings", [])]
     diagnostics = []
     for f in fits:
         d = f["diagnostics"]

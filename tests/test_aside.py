@@ -1,0 +1,113 @@
+"""A fit in a second process (hiercompare.aside; the demo fits brms this way while the others fit)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hiercompare as hc
+from hiercompare.aside import AsideFit
+from hiercompare.simulate import LevelScenario, Scenario, simulate
+
+FORMULA = "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
+
+
+@pytest.fixture(scope="module")
+def data():
+    d, _ = simulate(Scenario(levels=(
+        LevelScenario("market", 6, {"(Intercept)": 0.8, "x1": 0.4}, ((1.0, 0.3), (0.3, 1.0))),
+        LevelScenario("submarket", 3, {"(Intercept)": 0.4})), n_obs=30), seed=5)
+    return d
+
+
+def test_aside_fit_equals_the_fit_in_this_process(data, tmp_path):
+    job = AsideFit("native", data, FORMULA, "gaussian", 7, {"method": "ML"}, tmp_path)
+    got = job.result()
+    assert got["status"] == "ok"
+    here = hc.fit(data, FORMULA, backend="native", seed=7, method="ML")
+    a, b = got["fit"].tidy(), here.tidy()
+    pd.testing.assert_frame_equal(a, b, rtol=0, atol=0)  # same numbers to the last bit
+    assert got["fit"].provenance["options"] == here.provenance["options"]
+    assert job.seconds > 0 and job.waited >= 0
+    assert list(tmp_path.iterdir()) == []  # the hand-over files are gone
+
+
+def test_aside_says_why_there_is_no_fit(data, tmp_path):
+    # a fit that fails: the backend's own error comes back as the reason
+    got = AsideFit("native", data, "y ~ x1 + (1 | nosuchcolumn)", "gaussian", 1, {}, tmp_path).result()
+    assert got["status"] == "failed" and "nosuchcolumn" in got["reason"]
+    # a family the backend does not fit
+    counts = data.assign(y=np.random.default_rng(1).poisson(2.0, len(data)))
+    got = AsideFit("native", counts, FORMULA, "poisson", 1, {}, tmp_path).result()
+    assert got == {"status": "not applicable", "reason": got["reason"]} and "poisson" in got["reason"]
+    # an unknown option is the backend's TypeError, not a HierCompareError: the process dies and says so
+    got = AsideFit("native", data, FORMULA, "gaussian", 1, {"nosuchoption": 1}, tmp_path).result()
+    assert got["status"] == "failed" and "exited with code 1" in got["reason"] and "nosuchoption" in got["reason"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_aside_killed_process_is_a_failure_with_its_exit_code(data, tmp_path):
+    job = AsideFit("native", data, FORMULA, "gaussian", 1, {}, tmp_path)
+    job.proc.kill()
+    got = job.result()
+    assert got["status"] == "failed" and "exited with code -9" in got["reason"]
+
+
+def test_aside_usage_error():
+    from hiercompare.aside import main
+
+    assert main(["only-one-argument"]) == 2
+
+
+def test_demo_fits_aside_backends_in_a_second_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(hc.demo, "ASIDE", ("native",))
+    monkeypatch.setitem(hc.demo.DEMO_OPTIONS, "native", {"method": "ML"})
+    res = hc.demo.run_demo(tmp_path, backends=["native", "ols", "mixedlm"], progress=lambda m: None)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [f["backend"] for f in saved["fits"]] == ["native", "ols", "mixedlm"]  # the order asked for
+    t = {x["backend"]: x for x in saved["timings"]}
+    assert t["native"]["process"].startswith("second process") and t["native"]["process_seconds"] > 0
+    assert "process" not in t["ols"] and "process" not in t["mixedlm"]
+    # the stages still add up to the total: the fit in the second process overlaps, what is left is waited for
+    st = saved["timing_stages"]
+    assert set(st) == {"simulate", "fits", "waiting_for_second_process", "compare_and_recovery", "report", "other"}
+    assert sum(st.values()) == pytest.approx(saved["timing_total_seconds"], rel=1e-9)
+    assert st["fits"] == pytest.approx(t["ols"]["total_seconds"] + t["mixedlm"]["total_seconds"], rel=1e-12)
+    assert st["waiting_for_second_process"] == pytest.approx(t["native"]["waited_seconds"], rel=1e-12)
+    # the same numbers as fitting it in this process
+    data = pd.read_csv(tmp_path / "data.csv")
+    here = hc.fit(data, saved["formula"], backend="native", seed=123, method="ML")
+    fe = {r["term"]: r["estimate"] for r in saved["fits"][0]["tidy"] if r["effect"] == "fixed"}
+    assert fe == pytest.approx(here.fixef.to_dict(), rel=1e-9)
+    assert saved["provenance"]["backend_options"]["native"]["options"] == {"method": "ML"}
+    assert not list(tmp_path.glob(".aside_*"))
+    html = (tmp_path / "report.html").read_text()
+    assert "second process, overlapping the other fits (waited" in html and html.count("this process") == 2
+
+
+def test_demo_reports_an_aside_failure_and_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(hc.demo, "ASIDE", ("native",))
+    monkeypatch.setitem(hc.demo.DEMO_OPTIONS, "native", {"nosuchoption": 1})
+    res = hc.demo.run_demo(tmp_path, backends=["native", "ols"], progress=lambda m: None)
+    assert [f["backend"] for f in res["fits"]] == ["ols"]
+    (skip,) = res["skipped"]
+    assert skip["backend"] == "native" and skip["reason"].startswith("failed: the second process exited")
+    assert res["timings"][0]["status"] == "failed"
+
+
+def test_one_thread_limits_and_restores_thread_pools():
+    torch = pytest.importorskip("torch")
+    from threadpoolctl import threadpool_info
+
+    from hiercompare.demo import _one_thread
+
+    before_torch = torch.get_num_threads()
+    before = [p["num_threads"] for p in threadpool_info()]
+    with _one_thread():
+        assert torch.get_num_threads() == 1
+        assert all(p["num_threads"] == 1 for p in threadpool_info())
+    assert torch.get_num_threads() == before_torch
+    assert [p["num_threads"] for p in threadpool_info()] == before

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -50,8 +51,10 @@ class AsideFit:
         self.seconds = None
         self._t0 = time.perf_counter()
         with open(self._log, "wb") as log:
+            # its own process group, so that cancel() also stops the processes it forks (brms's chains)
             self.proc = subprocess.Popen([sys.executable, "-m", "hiercompare.aside", str(self._in), str(self._out)],
-                                         stdout=log, stderr=subprocess.STDOUT, env=child_environment())
+                                         stdout=log, stderr=subprocess.STDOUT, env=child_environment(),
+                                         start_new_session=True)
 
     def result(self, timeout: float = 3600.0) -> dict:
         """Wait for the process. Returns ``{"status": "ok", "fit": Fit}`` or ``{"status": s, "reason": why}``
@@ -77,9 +80,13 @@ class AsideFit:
 
     def cancel(self) -> None:
         """Stop the process (and the forked chains it started) and remove the hand-over files."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the process and whatever it forked
+        except (ProcessLookupError, PermissionError):
+            pass
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()
         self._cleanup()
 
     def _cleanup(self) -> None:

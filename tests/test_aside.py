@@ -111,3 +111,31 @@ def test_one_thread_limits_and_restores_thread_pools():
         assert all(p["num_threads"] == 1 for p in threadpool_info())
     assert torch.get_num_threads() == before_torch
     assert [p["num_threads"] for p in threadpool_info()] == before
+
+
+def test_cancel_stops_the_process_group(data, tmp_path):
+    # cancel() kills the second process and what it forked (brms's chains): its whole process group. Here the
+    # process is swapped for a shell that forks a child, as R forks its chains.
+    import os
+    import subprocess
+
+    job = AsideFit("native", data, FORMULA, "gaussian", 1, {}, tmp_path)
+    job.proc.wait(timeout=120)
+    job.proc = subprocess.Popen(["bash", "-c", "sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    child = int(job.proc.stdout.readline())
+    assert os.getpgid(child) == job.proc.pid
+    job.cancel()
+    assert job.proc.returncode == -9
+    # the forked child is gone too (or a zombie waiting for init to reap it): killed, not left running
+    import time
+    from pathlib import Path
+
+    stat = Path(f"/proc/{child}/stat")
+    for _ in range(50):
+        if not stat.exists() or stat.read_text().split(")")[-1].split()[0] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the forked child {child} is still running after cancel()")
+    assert list(tmp_path.iterdir()) == []

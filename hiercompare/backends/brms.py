@@ -263,7 +263,8 @@ class BrmsBackend(Backend):
 def precompile_main(argv: list[str] | None = None) -> int:
     """``python -m hiercompare.backends.brms DATA.pkl FORMULA FAMILY``: precompile, print the result as JSON.
 
-    DATA.pkl is a pickled DataFrame written by the caller (the demo); the default priors and cache are used.
+    DATA.pkl is a pickled DataFrame written by the caller; the default priors and cache are used. For compiling
+    a model ahead of time, e.g. before a study, so that its first fits do not wait for the compile.
     """
     import json
     import sys

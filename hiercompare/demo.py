@@ -78,6 +78,9 @@ def run_demo(
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise HierCompareError(f"unknown backend(s) {unknown}; registered: {sorted(REGISTRY)}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise HierCompareError(f"backend(s) {twice} listed more than once; name each backend once")
     # brms (about a minute of sampling, both cores) fits in a second process while the others fit here
     aside = {}
     if len(names) > 1:

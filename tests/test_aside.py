@@ -139,3 +139,10 @@ def test_cancel_stops_the_process_group(data, tmp_path):
     else:
         pytest.fail(f"the forked child {child} is still running after cancel()")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_rejects_unknown_or_repeated_backends(tmp_path):
+    with pytest.raises(hc.HierCompareError, match=r"unknown backend\(s\) \['nosuch'\]"):
+        hc.demo.run_demo(tmp_path, backends=["ols", "nosuch"], progress=lambda m: None)
+    with pytest.raises(hc.HierCompareError, match=r"\['ols'\] listed more than once"):
+        hc.demo.run_demo(tmp_path, backends=["ols", "native", "ols"], progress=lambda m: None)

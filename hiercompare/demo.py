@@ -93,7 +93,9 @@ def run_demo(
     try:
         info = backend_info([n for n in names if n not in aside])
         if aside:  # its chains take the cores: one thread here, so BLAS/OpenMP pools do not spin against them
-            limits.enter_context(_one_thread())
+            from .study import one_thread
+
+            limits.enter_context(one_thread())
         for i, name in enumerate(names, 1):
             if name in aside:
                 continue
@@ -207,23 +209,6 @@ def run_demo(
     data.to_csv(out / "data.csv", index=False)
     say(f"wrote {out / 'report.html'} and {out / 'results.json'} in {results['timing_total_seconds']:.1f} s")
     return results
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """BLAS and OpenMP thread pools (threadpoolctl) and torch's intra-op pool limited to one thread, then restored."""
-    from threadpoolctl import threadpool_limits
-
-    torch = sys.modules.get("torch")
-    before = torch.get_num_threads() if torch is not None else None
-    with threadpool_limits(limits=1):
-        if torch is not None:
-            torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            if torch is not None:
-                torch.set_num_threads(before)
 
 
 def _records(df: pd.DataFrame) -> list[dict]:

@@ -98,21 +98,6 @@ def test_demo_reports_an_aside_failure_and_goes_on(tmp_path, monkeypatch):
     assert res["timings"][0]["status"] == "failed"
 
 
-def test_one_thread_limits_and_restores_thread_pools():
-    torch = pytest.importorskip("torch")
-    from threadpoolctl import threadpool_info
-
-    from hiercompare.demo import _one_thread
-
-    before_torch = torch.get_num_threads()
-    before = [p["num_threads"] for p in threadpool_info()]
-    with _one_thread():
-        assert torch.get_num_threads() == 1
-        assert all(p["num_threads"] == 1 for p in threadpool_info())
-    assert torch.get_num_threads() == before_torch
-    assert [p["num_threads"] for p in threadpool_info()] == before
-
-
 def test_cancel_stops_the_process_group(data, tmp_path):
     # cancel() kills the second process and what it forked (brms's chains): its whole process group. Here the
     # process is swapped for a shell that forks a child, as R forks its chains.

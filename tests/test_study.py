@@ -278,6 +278,15 @@ def test_one_thread_caps_every_loaded_blas_and_restores_it(monkeypatch):
     assert "OPENBLAS_NUM_THREADS" not in os.environ
 
 
+def test_one_thread_caps_torch_and_restores_it():
+    # the demo also uses one_thread while brms's chains take the cores: torch's intra-op pool included
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(2)
+    with one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+
+
 @pytest.mark.slow
 def test_dask_local_cluster_equals_local(study, reference, tmp_path):
     from distributed import LocalCluster

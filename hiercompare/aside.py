@@ -49,6 +49,7 @@ class AsideFit:
                          "options": dict(options)}, fh)
         self.waited = 0.0
         self.seconds = None
+        self._ended = False
         self._t0 = time.perf_counter()
         with open(self._log, "wb") as log:
             # its own process group, so that cancel() also stops the processes it forks (brms's chains)
@@ -70,6 +71,7 @@ class AsideFit:
             self.seconds = time.perf_counter() - self._t0
         try:
             if self.proc.returncode == 0 and self._out.exists():
+                self._ended = True  # a clean exit: mclapply waited for its forks, nobody is left in the group
                 with open(self._out, "rb") as fh:
                     return pickle.load(fh)
             log = self._log.read_text(errors="replace").strip() if self._log.exists() else ""
@@ -80,10 +82,11 @@ class AsideFit:
 
     def cancel(self) -> None:
         """Stop the process (and the forked chains it started) and remove the hand-over files."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the process and whatever it forked
-        except (ProcessLookupError, PermissionError):
-            pass
+        if not self._ended:  # after a clean exit the group is gone and its number may be reused: leave it alone
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the process and whatever it forked
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()

@@ -98,20 +98,16 @@ class AsideFit:
 
 
 def _answer(job: dict) -> dict:
-    from .backends import REGISTRY
+    from .backends import backends
     from .errors import HierCompareError
     from .fitting import fit
 
-    import importlib
-
     name = job["backend"]
-    module, cls = REGISTRY[name].split(":")
-    backend = getattr(importlib.import_module(module), cls)()
-    ok, reason = backend.availability()
-    if not ok:
-        return {"status": "unavailable", "reason": reason}
-    if job["family"] not in backend.families:
-        return {"status": "not applicable", "reason": f"fits families {list(backend.families)}, not {job['family']}"}
+    info = backends([name])[name]  # the demo's own check, here where the backend runs
+    if not info["available"]:
+        return {"status": "unavailable", "reason": info["reason"]}
+    if job["family"] not in info["families"]:
+        return {"status": "not applicable", "reason": f"fits families {info['families']}, not {job['family']}"}
     try:
         f = fit(job["data"], job["formula"], backend=name, family=job["family"], seed=job["seed"], **job["options"])
     except HierCompareError as exc:

@@ -4,7 +4,8 @@
 * Data cross as R vectors and data.frames, labels as factors: nothing user-supplied is pasted into R code.
 * The only text that reaches R's parser is a formula that :func:`r_formula` rebuilds from a parsed
   :class:`~hiercompare.spec.ModelSpec` and re-checks against a strict grammar.
-* R functions live in ``hiercompare/r_scripts/*.R``; each returns one JSON string, parsed here.
+* R functions live in the top-level ``r_scripts/*.R`` (shipped in the wheel as ``hiercompare/r_scripts``, see
+  :func:`scripts_dir`); each returns one JSON string, parsed here.
 * rpy2 runs R in this process: calls are serialised with a lock.
 """
 from __future__ import annotations
@@ -23,7 +24,24 @@ import pandas as pd
 from .errors import BackendError, SpecError
 from .spec import ModelSpec
 
-SCRIPTS = Path(__file__).parent / "r_scripts"
+
+def scripts_dir() -> Path:
+    """The folder of the R sources that rpy2 sources.
+
+    An installed wheel carries them inside the package (``hiercompare/r_scripts``: pyproject.toml maps the
+    repository's top-level ``r_scripts/`` there); a checkout, or an editable install of it, has them beside the
+    package, at the repository root. The first that holds ``common.R`` wins; if neither does, the installed
+    location is returned and :func:`call` says what is missing.
+    """
+    here = Path(__file__).resolve().parent
+    candidates = (here / "r_scripts", here.parent / "r_scripts")
+    for folder in candidates:
+        if (folder / "common.R").is_file():
+            return folder
+    return candidates[0]
+
+
+SCRIPTS = scripts_dir()
 INSTALL_HINT = (
     "run `make install` (on Debian as root it installs R and the R packages with apt); "
     "otherwise install R >= 4.2 with lme4 and jsonlite, then `pip install 'rpy2>=3.5.11,<3.6'`"
@@ -132,12 +150,18 @@ def _source(script: str) -> None:
 
     for name in ("common.R", script):
         if name not in _SOURCED:
-            ro.r["source"](str(SCRIPTS / name))
+            path = SCRIPTS / name
+            if not path.is_file():
+                raise BackendError(
+                    f"hiercompare's R script {name} is missing (looked in {SCRIPTS}, and in r_scripts/ at the "
+                    "repository root); reinstall the package (`pip install .`, or `make install` in a checkout)"
+                )
+            ro.r["source"](str(path))
             _SOURCED.add(name)
 
 
 def call(script: str, function: str, *args, **kwargs) -> dict:
-    """Source ``r_scripts/<script>`` once and call ``function``; it returns JSON, parsed here.
+    """Source ``<SCRIPTS>/<script>`` once and call ``function``; it returns JSON, parsed here.
 
     An R error becomes :class:`BackendError` carrying R's message.
     """

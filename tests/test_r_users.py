@@ -15,7 +15,7 @@ def test_reticulate_from_r():
     if shutil.which("Rscript") is None:
         pytest.fail("Rscript not found although R tests are enabled")
     env = dict(os.environ, HIERCOMPARE_VENV=str(Path(sys.prefix)),
-               HIERCOMPARE_R_ENTRY=str(ROOT / "hiercompare" / "r_scripts" / "hiercompare.R"),
+               HIERCOMPARE_R_ENTRY=str(ROOT / "r_scripts" / "hiercompare.R"),
                RETICULATE_PYTHON=sys.executable)
     code = ("res <- as.data.frame(testthat::test_file('tests/r/test_reticulate.R', reporter = 'summary'));"
             "cat('\\nRESULT', sum(res$failed), sum(res$error), sum(res$skipped), sum(res$nb), '\\n');"

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import hiercompare as hc
-from hiercompare.demo import git_commit, run_demo
+from hiercompare.demo import run_demo
+from hiercompare.provenance import git_commit
 
 
 def native_vs_lme4(n_markets: int = 100, n_sub: int = 20, n_obs: int = 500) -> dict:

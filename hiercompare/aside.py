@@ -35,7 +35,7 @@ class AsideFit:
 
     def __init__(self, backend: str, data: pd.DataFrame, formula: str, family: str, seed: int | None,
                  options: dict, workdir: str | Path):
-        from .study import child_environment
+        from .runenv import child_environment
 
         work = Path(workdir)
         work.mkdir(parents=True, exist_ok=True)

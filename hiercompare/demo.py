@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,18 +17,10 @@ from .aside import AsideFit
 from .backends import REGISTRY, backends as backend_info
 from .errors import HierCompareError
 from .fitting import fit
+from .provenance import git_commit
 from .recovery import recovery
 from .results import _json_default
 from .simulate import Scenario, simulate
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except Exception:
-        return None
 
 
 # Per-backend options of the demo (in each fit's provenance; the report's provenance table lists every
@@ -93,7 +84,7 @@ def run_demo(
     try:
         info = backend_info([n for n in names if n not in aside])
         if aside:  # its chains take the cores: one thread here, so BLAS/OpenMP pools do not spin against them
-            from .study import one_thread
+            from .runenv import one_thread
 
             limits.enter_context(one_thread())
         for i, name in enumerate(names, 1):

@@ -33,5 +33,9 @@ class BackendError(HierCompareError, RuntimeError):
     """A backend ran but failed; the message carries the backend's own error text."""
 
 
+class StudyError(HierCompareError):
+    """A study cannot be set up, resumed or run (bad config, a folder holding another study, a lost worker)."""
+
+
 class ConvergenceWarning(UserWarning):
     """An optimiser or sampler reported a convergence problem (also recorded in Fit.diagnostics)."""

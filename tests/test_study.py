@@ -21,7 +21,8 @@ from hiercompare.performance import fit_summary, performance
 from hiercompare.results import KEY
 from hiercompare.simulate import LevelScenario, Scenario
 from hiercompare.study import (SINGLE_THREAD_ENV, SORT, Study, StudyError, child_environment, clean_child_environment,
-                               _pause_profiler, _resume_profiler, one_thread, read_results, unit_seed)
+                               one_thread, read_results, unit_seed)
+from hiercompare.study.executors import pause_profiler as _pause_profiler, resume_profiler as _resume_profiler
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -278,13 +278,10 @@ def precompile_main(argv: list[str] | None = None) -> int:
         return 2
     data = pd.read_pickle(args[0])
     md = prepare(ModelSpec.from_formula(args[1], family=args[2]), data)
-    from . import get_backend
-    from ..errors import HierCompareError
-
-    try:
-        backend = get_backend("brms")
-    except HierCompareError as exc:
-        print(json.dumps({"error": str(exc)}))
+    backend = BrmsBackend()  # get_backend's availability check, without importing the registry (one-way imports)
+    ok, reason = backend.availability()
+    if not ok:
+        print(json.dumps({"error": f"brms: {reason}"}))
         return 1
     print(json.dumps(backend.precompile(md)))
     return 0

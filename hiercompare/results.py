@@ -13,6 +13,7 @@ Columns of ``Fit.tidy()``: ``effect`` (fixed | ran_pars | ran_vals), ``group``, 
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -37,6 +38,27 @@ def tidy_frame(rows: list[dict]) -> pd.DataFrame:
     for c in ("estimate", "std_error", "conf_low", "conf_high"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     return df
+
+
+@functools.lru_cache(maxsize=None)
+def normal_quantile(level: float = 0.95) -> float:
+    """The two-sided standard-normal quantile of a ``level`` interval (1.959963984540054 for 0.95)."""
+    from scipy.stats import norm
+
+    return float(norm.ppf((1 + level) / 2))
+
+
+def wald_interval(estimate, std_error, level: float = 0.95) -> dict:
+    """``conf_low`` and ``conf_high`` of the Wald interval ``estimate -+ z * std_error``.
+
+    The one definition of the frequentist backends' intervals (lme4, mixedlm, native and the learners
+    built on mixedcore); ``z`` is :func:`normal_quantile` of ``level``. Works on scalars and arrays.
+
+    >>> wald_interval(1.0, 0.5)["conf_high"]
+    1.979981992270027
+    """
+    z = normal_quantile(level)
+    return {"conf_low": estimate - z * std_error, "conf_high": estimate + z * std_error}
 
 
 def sd_term(term: str) -> str:
@@ -285,4 +307,5 @@ def _json_default(o):
     return str(o)
 
 
-__all__ = ["Fit", "Truth", "TIDY_COLUMNS", "KEY", "RESIDUAL", "INTERCEPT", "tidy_frame", "sd_term", "cor_term"]
+__all__ = ["Fit", "Truth", "TIDY_COLUMNS", "KEY", "RESIDUAL", "INTERCEPT", "tidy_frame", "sd_term", "cor_term",
+           "wald_interval", "normal_quantile"]

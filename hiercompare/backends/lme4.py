@@ -1,7 +1,7 @@
 """``lme4``: R's lmer/glmer through rpy2 (r_scripts/fit_lme4.R).
 
 Fixed effects come with Wald 95% intervals from ``vcov``; ran_vals are ``ranef(condVar = TRUE)`` with
-conditional SDs and +-1.96 SD intervals; ran_pars are ``VarCorr`` (SDs and correlations; no standard errors,
+conditional SDs and Wald 95% intervals (+-1.96 SD); ran_pars are ``VarCorr`` (SDs and correlations; no standard errors,
 as in broom.mixed). Singular fits and lme4's convergence messages go into ``diagnostics``.
 """
 from __future__ import annotations
@@ -14,10 +14,9 @@ import numpy as np
 from .. import rbridge
 from ..design import ModelData
 from ..errors import BackendError, ConvergenceWarning, SpecError
-from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame
+from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame, wald_interval
 from .base import Backend
 
-Z95 = 1.959963984540054
 OPTIMIZERS = ("default", "nloptwrap", "bobyqa", "Nelder_Mead")  # default: lme4's own for lmer / glmer
 
 
@@ -78,8 +77,8 @@ class Lme4Backend(Backend):
             )
         est = np.asarray(out["fixef"], dtype=float)
         se = np.sqrt(np.diag(np.asarray(out["vcov"], dtype=float).reshape(p, p)))
-        rows = [dict(effect="fixed", term=r_to_ours[n], estimate=b, std_error=s, conf_low=b - Z95 * s,
-                     conf_high=b + Z95 * s) for n, b, s in zip(names, est, se)]
+        rows = [dict(effect="fixed", term=r_to_ours[n], estimate=b, std_error=s, **wald_interval(b, s))
+                for n, b, s in zip(names, est, se)]
         groups = set(md.hierarchy.groups)
         vc = out["varcorr"]
         for grp, v1, v2, val in zip(vc["grp"], vc["var1"], vc["var2"], vc["sdcor"]):
@@ -92,7 +91,7 @@ class Lme4Backend(Backend):
         re_ = out["ranef"]
         for gv, term, lab, val, sd in zip(re_["grpvar"], re_["term"], re_["grp"], re_["condval"], re_["condsd"]):
             rows.append(dict(effect="ran_vals", group=_base_group(gv, groups), level=lab, term=term, estimate=val,
-                             std_error=sd, conf_low=val - Z95 * sd, conf_high=val + Z95 * sd))
+                             std_error=sd, **wald_interval(val, sd)))
         return tidy_frame(rows)
 
     def versions(self):

@@ -19,11 +19,10 @@ import numpy as np
 
 from ..design import ModelData
 from ..errors import ConvergenceWarning, SpecError
-from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame
+from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame, wald_interval
 from ..spec import INTERCEPT, ModelSpec
 from .base import Backend
 
-Z95 = 1.959963984540054
 BOUNDARY_REL = 1e-4  # an SD below this fraction of the residual SD is reported as a boundary (singular) fit
 
 
@@ -130,7 +129,7 @@ class MixedLMBackend(Backend):
         p = md.X.shape[1]
         fe = np.asarray(res.fe_params)
         se = np.asarray(res.bse_fe)
-        rows = [dict(effect="fixed", term=n, estimate=b, std_error=s, conf_low=b - Z95 * s, conf_high=b + Z95 * s)
+        rows = [dict(effect="fixed", term=n, estimate=b, std_error=s, **wald_interval(b, s))
                 for n, b, s in zip(md.fixed_names, fe[:p], se[:p])]
         levels = md.hierarchy.levels
         top = levels[0]
@@ -177,4 +176,4 @@ class MixedLMBackend(Backend):
 
 def _rv(group, label, term, val, sd):
     return dict(effect="ran_vals", group=group, level=label, term=term, estimate=val, std_error=sd,
-                conf_low=val - Z95 * sd, conf_high=val + Z95 * sd)
+                **wald_interval(val, sd))

@@ -11,10 +11,8 @@ import numpy as np
 from .. import mixedcore
 from ..design import ModelData
 from ..errors import SpecError
-from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame
+from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame, wald_interval
 from .base import Backend
-
-Z95 = 1.959963984540054
 
 
 class NativeBackend(Backend):
@@ -50,7 +48,7 @@ class NativeBackend(Backend):
 def tidy_rows(md: ModelData, res: "mixedcore.CoreResult"):
     """The Fit schema's rows from a mixedcore result (shared with the learners that use mixedcore)."""
     se = np.sqrt(np.clip(np.diag(res.vcov_beta), 0, None))
-    rows = [dict(effect="fixed", term=n, estimate=b, std_error=s, conf_low=b - Z95 * s, conf_high=b + Z95 * s)
+    rows = [dict(effect="fixed", term=n, estimate=b, std_error=s, **wald_interval(b, s))
             for n, b, s in zip(md.fixed_names, res.beta, se)]
     for li, lv in enumerate(md.hierarchy.levels):
         terms = lv.spec.terms
@@ -72,6 +70,5 @@ def tidy_rows(md: ModelData, res: "mixedcore.CoreResult"):
         for g, lab in enumerate(lv.labels):
             for i, t in enumerate(lv.spec.terms):
                 rows.append(dict(effect="ran_vals", group=lv.group, level=lab, term=t, estimate=b[g, i],
-                                 std_error=sd[g, i], conf_low=b[g, i] - Z95 * sd[g, i],
-                                 conf_high=b[g, i] + Z95 * sd[g, i]))
+                                 std_error=sd[g, i], **wald_interval(b[g, i], sd[g, i])))
     return tidy_frame(rows)

@@ -1,0 +1,29 @@
+"""The Fit schema's shared pieces: the one Wald interval every frequentist backend reports."""
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+import hiercompare as hc
+from hiercompare.results import normal_quantile, wald_interval
+
+
+def test_normal_quantile_is_scipys():
+    assert normal_quantile() == 1.959963984540054 == norm.ppf(0.975)  # the digits the backends had written out
+    assert normal_quantile(0.9) == pytest.approx(1.6448536269514722, abs=1e-15)
+
+
+def test_wald_interval_scalars_and_arrays():
+    assert wald_interval(1.0, 0.5) == {"conf_low": 1.0 - 0.979981992270027, "conf_high": 1.979981992270027}
+    w = wald_interval(np.array([0.0, 2.0]), np.array([1.0, 0.0]), level=0.9)
+    np.testing.assert_allclose(w["conf_low"], [-1.6448536269514722, 2.0], rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("backend", ["native", "mixedlm"])
+def test_backends_report_that_interval(backend, seed_data):
+    data, _ = seed_data
+    t = hc.fit(data, "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)", backend=backend).tidy()
+    t = t[t["std_error"].notna()]
+    assert set(t["effect"]) == {"fixed", "ran_vals"}
+    z = 1.959963984540054
+    np.testing.assert_allclose(t["conf_low"], t["estimate"] - z * t["std_error"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(t["conf_high"], t["estimate"] + z * t["std_error"], rtol=0, atol=1e-12)

@@ -11,7 +11,7 @@ bounded below by 0, as in lme4, so fits can reach the boundary).
 One pass over the rows gives, per leaf group, the cross-product of ``[z_1 .. z_L, X, y]``. Everything else
 works on those sums: the penalised system is eliminated level by level from the leaves up (each group's
 varying terms are a k_l x k_l block coupled only to its ancestors, X and y), so one deviance evaluation costs
-O(number of groups x D^2 x k) with D = sum_l k_l + p + 1, whatever the number of rows, and no N x N matrix
+O(number of leaf groups x D^3) with D = sum_l k_l + p + 1, whatever the number of rows, and no N x N matrix
 is ever formed. BLUPs and their conditional covariances come from the stored per-level blocks, top down.
 
 Profiled deviance for given theta (sigma profiled out), with A the penalised u-block, S the Schur complement
@@ -21,6 +21,9 @@ of X'X, r2 the penalised residual sum of squares::
     REML: log|A| + log|S| + (n - p)(1 + log(2 pi r2 / (n - p)))
 
 ``logLik = -deviance / 2`` (what lme4's logLik() prints for the same method).
+
+The derivation (notation, ML and REML, the elimination, BLUPs and both ``condvar`` conventions, the optimiser)
+is in ``docs/mixedcore.md``.
 """
 from __future__ import annotations
 
@@ -218,9 +221,10 @@ class MixedCore:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, reml: bool = True, theta0=None, condvar: str = "full") -> CoreResult:
-        """Minimise the profiled deviance: L-BFGS-B with central-difference gradients, then bounded
-        Nelder-Mead and a second L-BFGS-B pass to polish (the likelihood is flat along weakly identified
-        SDs; see MIXEDCORE.md). The best point found is kept."""
+        """Minimise the profiled deviance: L-BFGS-B with central-difference gradients, restarted once, then,
+        only when the restart still moved the deviance, bounded Nelder-Mead and a last L-BFGS-B pass to polish
+        (the likelihood is flat along weakly identified SDs; see docs/mixedcore.md, section 4). The best point
+        found is kept."""
         f = lambda t: self.deviance(t, reml)
         x0 = self.theta0 if theta0 is None else np.asarray(theta0, dtype=float)
         bounds = [(lo if np.isfinite(lo) else None, None) for lo in self.lower]
@@ -265,8 +269,9 @@ class MixedCore:
               optimizer=None, condvar: str = "full") -> CoreResult:
         """Everything at a given theta: beta, sigma, covariances, BLUPs and their conditional covariances.
 
-        ``condvar='full'`` includes the uncertainty of beta in the BLUPs' conditional covariance (as lme4's
-        condVar); ``'beta_fixed'`` conditions on beta.
+        ``condvar='full'`` includes the uncertainty of beta in the BLUPs' conditional covariance (Henderson's
+        prediction-error variance); ``'beta_fixed'`` conditions on beta, as lme4's ``ranef(condVar = TRUE)``
+        does (docs/mixedcore.md, section 5.2).
         """
         theta = np.asarray(theta, dtype=float)
         logdet, F, stored, lam = self._eliminate(theta, keep=True)

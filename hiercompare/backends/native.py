@@ -1,8 +1,10 @@
 """``native``: the exact Gaussian LMM of :mod:`hiercompare.mixedcore` on per-group sufficient statistics.
 
 Any depth of nesting, correlated (``|``) or independent (``||``) varying terms at every level, REML or ML.
-Fixed effects get Wald 95% intervals from ``sigma^2 S^-1``; ran_vals are BLUPs with conditional SDs that
-include the uncertainty of the fixed effects (as lme4's condVar); ran_pars have no standard errors.
+Fixed effects get Wald 95% intervals from ``sigma^2 S^-1``; ran_vals are BLUPs with conditional SDs that,
+by default (``condvar="full"``), include the uncertainty of the fixed effects (Henderson's prediction-error
+variance); ``condvar="beta_fixed"`` conditions on the fixed effects, as lme4's ``ranef(condVar = TRUE)`` does,
+and matches it. ran_pars have no standard errors. The derivation is in ``docs/mixedcore.md``.
 """
 from __future__ import annotations
 

@@ -105,6 +105,9 @@ def brms_cache(n_obs: int = 20, iters: int = 500) -> dict:
 
 
 def run() -> dict:
+    from hiercompare.provenance import machine
+
+    at_start = machine()
     data, _ = hc.simulate(hc.Scenario(), seed=123)
     ours = ours_ess(data, hc.Scenario().formula())
     seed = seed_model_ess(data)
@@ -114,6 +117,7 @@ def run() -> dict:
                            "ratio_including_compile": ours["ess_per_second_incl_compile"] / seed["ess_per_second"]},
         "scaling": scaling(),
         "brms_cache": brms_cache(),
+        "machine": at_start, "load_average_at_end": machine()["load_average_1_5_15"],
     }
 
 

@@ -12,7 +12,6 @@ Usage: python bench/brms_flags.py OUT.json
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -23,9 +22,11 @@ import numpy as np
 
 import hiercompare as hc
 from hiercompare.backends import brms as brms_backend
+from hiercompare.provenance import machine
 
 
 def run(out_path: str, rounds: int = 2, iter: int = 300, warmup: int = 300) -> dict:
+    at_start = machine()
     data, _ = hc.simulate(hc.Scenario(), seed=123)
     formula = hc.Scenario().formula()
     cache = Path(tempfile.mkdtemp(prefix="hc_brms_flags_"))
@@ -60,7 +61,7 @@ def run(out_path: str, rounds: int = 2, iter: int = 300, warmup: int = 300) -> d
     a, b = (res[n]["fits"] for n in builds)
     sec = lambda rows, k: float(np.sum([x[k] for x in rows]))  # noqa: E731
     out = {
-        "machine": platform.platform(), "rows": len(data), "chains": 2, "iter": iter, "warmup": warmup,
+        "machine": at_start, "load_average_at_end": machine()["load_average_1_5_15"], "rows": len(data), "chains": 2, "iter": iter, "warmup": warmup,
         "rounds": rounds, "builds": res,
         "compile_seconds": {n: res[n]["fits"][0]["compile_seconds"] for n in builds},
         "chain_seconds_ratio_default_over_ours": (sec(a, "warmup_chain_seconds") + sec(a, "sampling_chain_seconds"))

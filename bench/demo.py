@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -80,6 +79,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", help="JSON file for the figures")
     args = ap.parse_args(argv)
+    from hiercompare.provenance import machine
+
+    at_start = machine()
     with tempfile.TemporaryDirectory(prefix="hc-bench-demo-") as tmp:
         tmp = Path(tmp)
         cold = _run(tmp / "cold", tmp / "cache")
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
         print(f"demo warm (third run): {warm3['wall_seconds']:.1f} s", file=sys.stderr)
     out = {"cold": cold, "warm": warm, "warm_third_run": warm3, "goal_warm_seconds": GOAL_WARM, "goal_cold_seconds": GOAL_COLD,
            "warm_goal_met": warm["wall_seconds"] < GOAL_WARM, "cold_goal_met": cold["wall_seconds"] < GOAL_COLD,
-           "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
+           "machine": at_start, "load_average_at_end": machine()["load_average_1_5_15"]}
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -112,7 +110,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="alternating local/Dask rounds (default 2)")
     args = ap.parse_args(argv)
 
+    from hiercompare.provenance import machine
     from hiercompare.study import Study, package_versions
+
+    at_start = machine()
 
     st, skipped = _study(args.replications)
     n = args.replications
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
         "dask_full_set_failures": runs["dask"]["failed_fits"],
         "results_agree": {"local_vs_serial": _same(tables["serial"], tables["local"]),
                           "dask_vs_serial": _same(tables["serial"], tables["dask"])},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": at_start, "load_average_at_end": machine()["load_average_1_5_15"],
         "versions": package_versions(),
     }
     path = Path(args.out)

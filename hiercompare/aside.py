@@ -1,23 +1,74 @@
 """Fit one backend in a second Python process while this one goes on.
 
 The demo fits brms this way: brms's two chains run in forked R processes for about a minute, and the other
-backends fit meanwhile in the demo's own process instead of waiting their turn. The second process is a new
-Python (``python -m hiercompare.aside IN.pkl OUT.pkl``) with one thread, so brms can fork its chains; it gets
-the data, formula, family, seed and options in IN.pkl and writes its answer to OUT.pkl: the Fit, or why
-there is none (backend unavailable, family not applicable, fit failed). Its console output goes to a log file
-beside them, quoted in the reason when the process dies without an answer.
+backends fit meanwhile in the demo's own process instead of waiting their turn.
+
+The second process is a one-worker ``loky`` executor (the process pool joblib uses): a new Python started in
+:func:`~hiercompare.runenv.clean_child_environment` (one BLAS/OpenMP thread, no library path left by R), which
+gets the data, formula, family, seed and options by pickle and sends back the Fit, or why there is none
+(backend unavailable, family not applicable, fit failed: the backend's error, or the worker's exit code when it
+died). Its worker has no thread besides its main one, so brms can fork its chains there.
+
+Why loky rather than ``concurrent.futures.ProcessPoolExecutor`` (both tried): cancelling must stop brms's
+forked chains too, and loky's ``shutdown(kill_workers=True)`` kills the worker's whole process tree, while the
+standard pool can neither stop a running task nor reach the processes its worker forked without private
+attributes; a worker that dies is reported by loky with its exit code (``SIGKILL(-9)``), by the standard pool
+only as a broken pool. This replaced a hand-written runner (``python -m hiercompare.aside IN.pkl OUT.pkl`` with
+hand-over files, a log and a process group of its own) that did the same in 130 lines.
 """
 from __future__ import annotations
 
-import os
-import pickle
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
+import warnings
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Callable
 
 import pandas as pd
+
+from .runenv import clean_child_environment
+
+
+class SecondProcess:
+    """``fn(*args)`` running in a new single-worker process; ``wait()`` returns its value or raises its error.
+
+    ``cancel()`` kills the worker and every process it started (its whole process tree), so nothing it forked
+    outlives it.
+    """
+
+    def __init__(self, fn: Callable, *args: Any):
+        from loky import ProcessPoolExecutor
+
+        self._t0 = time.perf_counter()
+        with clean_child_environment():  # the worker starts in submit(), with this environment
+            self._executor = ProcessPoolExecutor(max_workers=1)
+            self._future = self._executor.submit(fn, *args)
+        self._closed = False
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """The value of ``fn(*args)``; raises what it raised, ``TimeoutError`` (after cancelling it) when it is
+        not done within ``timeout`` seconds, or loky's ``TerminatedWorkerError`` (with the exit code) when the
+        process died."""
+        try:
+            value = self._future.result(timeout=timeout)
+        except FutureTimeout:
+            self.cancel()
+            raise TimeoutError(f"no answer from the second process within {timeout:.0f} s") from None
+        except BaseException:
+            self.cancel()
+            raise
+        self._executor.shutdown(wait=True)
+        self._closed = True
+        return value
+
+    def cancel(self) -> None:
+        """Stop the worker and its descendants (brms's forked chains); nothing if it has already finished."""
+        if not self._closed:
+            self._closed = True
+            self._executor.shutdown(wait=True, kill_workers=True)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
 
 
 class AsideFit:
@@ -29,75 +80,42 @@ class AsideFit:
         Registered backend name.
     data, formula, family, seed, options
         What :func:`hiercompare.fit` gets.
-    workdir : path
-        Folder for the hand-over files (removed by ``result()``).
     """
 
     def __init__(self, backend: str, data: pd.DataFrame, formula: str, family: str, seed: int | None,
-                 options: dict, workdir: str | Path):
-        from .runenv import child_environment
-
-        work = Path(workdir)
-        work.mkdir(parents=True, exist_ok=True)
+                 options: dict):
         self.backend = backend
-        self._in = work / f".aside_{backend}_in.pkl"
-        self._out = work / f".aside_{backend}_out.pkl"
-        self._log = work / f".aside_{backend}.log"
-        self._out.unlink(missing_ok=True)
-        with open(self._in, "wb") as fh:
-            pickle.dump({"backend": backend, "data": data, "formula": formula, "family": family, "seed": seed,
-                         "options": dict(options)}, fh)
         self.waited = 0.0
         self.seconds = None
-        self._ended = False
-        self._t0 = time.perf_counter()
-        with open(self._log, "wb") as log:
-            # its own process group, so that cancel() also stops the processes it forks (brms's chains)
-            self.proc = subprocess.Popen([sys.executable, "-m", "hiercompare.aside", str(self._in), str(self._out)],
-                                         stdout=log, stderr=subprocess.STDOUT, env=child_environment(),
-                                         start_new_session=True)
+        self._process = SecondProcess(_answer, {"backend": backend, "data": data, "formula": formula,
+                                                "family": family, "seed": seed, "options": dict(options)})
 
     def result(self, timeout: float = 3600.0) -> dict:
-        """Wait for the process. Returns ``{"status": "ok", "fit": Fit}`` or ``{"status": s, "reason": why}``
+        """Wait for the process. Returns ``{"status": "ok", "fit": Fit, "warnings": [texts]}`` or ``{"status": s, "reason": why}``
         with s one of "unavailable", "not applicable", "failed"."""
+        from loky.process_executor import TerminatedWorkerError
+
         t = time.perf_counter()
         try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.cancel()
-            return {"status": "failed", "reason": f"no answer from the second process within {timeout:.0f} s"}
+            return self._process.wait(timeout)
+        except TimeoutError as exc:
+            return {"status": "failed", "reason": str(exc)}
+        except TerminatedWorkerError as exc:
+            codes = str(exc).split("The exit codes of the workers are", 1)[-1].split("\n", 1)[0].strip()
+            return {"status": "failed", "reason": f"the second process died without an answer (exit code {codes})"}
+        except Exception as exc:  # not a HierCompareError (those are answers): a bug or a bad option
+            return {"status": "failed", "reason": f"the second process raised {type(exc).__name__}: {exc}"}
         finally:
             self.waited = time.perf_counter() - t
-            self.seconds = time.perf_counter() - self._t0
-        try:
-            if self.proc.returncode == 0 and self._out.exists():
-                self._ended = True  # a clean exit: mclapply waited for its forks, nobody is left in the group
-                with open(self._out, "rb") as fh:
-                    return pickle.load(fh)
-            log = self._log.read_text(errors="replace").strip() if self._log.exists() else ""
-            return {"status": "failed", "reason": f"the second process exited with code {self.proc.returncode} "
-                                                  f"without an answer; its last output: {log[-600:]!r}"}
-        finally:
-            self._cleanup()
+            self.seconds = self._process.elapsed
 
     def cancel(self) -> None:
-        """Stop the process (and the forked chains it started) and remove the hand-over files."""
-        if not self._ended:  # after a clean exit the group is gone and its number may be reused: leave it alone
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # the process and whatever it forked
-            except (ProcessLookupError, PermissionError):
-                pass
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        for path in (self._in, self._out, self._log):
-            path.unlink(missing_ok=True)
+        """Stop the process and whatever it forked (brms's chains)."""
+        self._process.cancel()
 
 
 def _answer(job: dict) -> dict:
+    """What the second process runs: the backend's availability check, then the fit."""
     from .backends import backends
     from .errors import HierCompareError
     from .fitting import fit
@@ -108,27 +126,15 @@ def _answer(job: dict) -> dict:
         return {"status": "unavailable", "reason": info["reason"]}
     if job["family"] not in info["families"]:
         return {"status": "not applicable", "reason": f"fits families {info['families']}, not {job['family']}"}
-    try:
-        f = fit(job["data"], job["formula"], backend=name, family=job["family"], seed=job["seed"], **job["options"])
-    except HierCompareError as exc:
-        return {"status": "failed", "reason": str(exc)}
-    return {"status": "ok", "fit": f}
+    with warnings.catch_warnings(record=True) as caught:  # sent back with the answer, not printed there
+        warnings.simplefilter("always")
+        try:
+            f = fit(job["data"], job["formula"], backend=name, family=job["family"], seed=job["seed"],
+                    **job["options"])
+        except HierCompareError as exc:
+            return {"status": "failed", "reason": str(exc)}
+    texts = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+    return {"status": "ok", "fit": f, "warnings": texts}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m hiercompare.aside IN.pkl OUT.pkl", file=sys.stderr)
-        return 2
-    with open(args[0], "rb") as fh:
-        job = pickle.load(fh)
-    answer = _answer(job)
-    tmp = Path(f"{args[1]}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        pickle.dump(answer, fh)
-    os.replace(tmp, args[1])  # whole or absent: the caller never reads half an answer
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["SecondProcess", "AsideFit"]

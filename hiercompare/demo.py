@@ -78,7 +78,7 @@ def run_demo(
         for name in ASIDE:
             if name in names:
                 say(f"[{names.index(name) + 1}/{len(names)}] {name}: fitting in a second process meanwhile ...")
-                aside[name] = AsideFit(name, data, formula, sc.family, seed, DEMO_OPTIONS.get(name, {}), out)
+                aside[name] = AsideFit(name, data, formula, sc.family, seed, DEMO_OPTIONS.get(name, {}))
     outcome: dict[str, dict] = {}
     limits = contextlib.ExitStack()
     try:
@@ -118,7 +118,7 @@ def run_demo(
                 f = got["fit"]
                 say(f"    {name} done in {f.timing['fit_seconds']:.2f} s in its process (waited {job.waited:.1f} s; "
                     f"converged={f.converged}, singular={f.diagnostics['singular']})")
-                for w in f.diagnostics.get("warnings", []):
+                for w in dict.fromkeys(f.diagnostics.get("warnings", []) + got.get("warnings", [])):
                     say(f"    {name}: {w}")
             else:
                 say(f"    {name}: {got['status']} ({got['reason']})")
@@ -149,7 +149,7 @@ def run_demo(
 
     # the tree as the fits saw it; built again only when no backend could run
     md = fits[0].model if fits and fits[0].model is not None else prepare(ModelSpec.from_formula(formula, family=sc.family), data)
-    hierarchy = md.hierarchy.describe()
+    hierarchy = {**md.hierarchy.describe(), "root": sc.root}  # the report names the root as the scenario does
     results = {
         "title": f"hiercompare demo: scenario {sc.name!r}",
         "formula": formula,

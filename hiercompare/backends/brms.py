@@ -60,7 +60,6 @@ import math
 import os
 import re
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,13 +67,13 @@ import pandas as pd
 
 from .. import rbridge
 from ..design import ModelData
-from ..errors import BackendError, ConvergenceWarning, SpecError
+from ..errors import BackendError, SpecError
 from ..priors import Priors
 from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame
 from ..spec import INTERCEPT
+from . import sampling
 from .base import Backend
 
-RHAT_MAX, ESS_MIN = 1.01, 400
 BRMS_INTERCEPT = "Intercept"
 _FORMULA = re.compile(r"^[A-Za-z0-9_.:+|()~ ]+$")
 _COEF = re.compile(r"^[A-Za-z][A-Za-z0-9_.:]*$")
@@ -218,12 +217,7 @@ class BrmsBackend(Backend):
             "brms_formula": out["brms_formula"], "stan_code": out["stan_code"],
         })
         diag["warnings"] += list(cache.get("notes") or [])
-        if not diag["converged"]:
-            warnings.warn(
-                f"brms sampling diagnostics failed: R-hat max {diag['rhat_max']:.4f} ({diag['rhat_max_variable']}), "
-                f"bulk ESS min {diag['ess_bulk_min']:.0f}, tail ESS min {diag['ess_tail_min']:.0f}, "
-                f"{diag['divergences']} divergences (thresholds: R-hat <= {RHAT_MAX}, ESS >= {ESS_MIN}, none); "
-                "run more iterations (iter, warmup) or raise adapt_delta", ConvergenceWarning, stacklevel=2)
+        sampling.warn_if_unconverged("brms", diag, "run more iterations (iter, warmup) or raise adapt_delta")
         conv = out["convergence"]
         raw = {"stan_code": out["stan_code"], "brms_formula": out["brms_formula"],
                "convergence": pd.DataFrame({"variable": conv["variable"], "rhat": _floats(conv["rhat"]),
@@ -475,33 +469,14 @@ def _ran_vals_rows(md: ModelData, block: dict) -> list[dict]:
 
 def _diagnostics(out: dict) -> dict:
     conv = out["convergence"]
-    var = list(conv["variable"])
-    rhat, ess_b, ess_t = _floats(conv["rhat"]), _floats(conv["ess_bulk"]), _floats(conv["ess_tail"])
-
-    def pick(values, fn):
-        ok = np.isfinite(values)
-        if not ok.any():
-            return float("nan"), None
-        i = np.flatnonzero(ok)[fn(values[ok])]
-        return float(values[i]), var[i]
-
-    rhat_max, rhat_var = pick(rhat, np.argmax)
-    ess_b_min, ess_b_var = pick(ess_b, np.argmin)
-    ess_t_min, ess_t_var = pick(ess_t, np.argmin)
-    nonfinite = int((~np.isfinite(rhat)).sum())
-    divergences = int(out["divergences"])
-    converged = bool(rhat_max <= RHAT_MAX and ess_b_min >= ESS_MIN and ess_t_min >= ESS_MIN and divergences == 0)
-    warns = list(out.get("warnings") or []) + list(out.get("messages") or [])
-    if not converged:
-        warns.append(f"sampling diagnostics below thresholds (R-hat <= {RHAT_MAX}, ESS >= {ESS_MIN}, no divergences)")
-    return {"converged": converged, "singular": False, "warnings": warns,
-            "rhat_max": rhat_max, "rhat_max_variable": rhat_var,
-            "ess_bulk_min": ess_b_min, "ess_bulk_min_variable": ess_b_var,
-            "ess_tail_min": ess_t_min, "ess_tail_min_variable": ess_t_var,
-            "nonfinite_rhat": nonfinite, "divergences": divergences,
-            "treedepth_hits": int(out["treedepth_hits"]), "mean_leapfrog_steps": float(out["mean_leapfrog"]),
-            "chain_seconds": {k: [float(v) for v in out["chain_seconds"][k]] for k in ("warmup", "sample")},
-            "convergence_tool": conv["tool"]}
+    diag = sampling.convergence(conv["variable"], _floats(conv["rhat"]), _floats(conv["ess_bulk"]),
+                                _floats(conv["ess_tail"]), out["divergences"])
+    diag["warnings"] = list(out.get("warnings") or []) + list(out.get("messages") or []) + diag["warnings"]
+    diag.update({"singular": False,
+                 "treedepth_hits": int(out["treedepth_hits"]), "mean_leapfrog_steps": float(out["mean_leapfrog"]),
+                 "chain_seconds": {k: [float(v) for v in out["chain_seconds"][k]] for k in ("warmup", "sample")},
+                 "convergence_tool": conv["tool"]})
+    return diag
 
 
 if __name__ == "__main__":

@@ -54,12 +54,11 @@ import pandas as pd
 from .. import mixedcore
 from .._version import __version__
 from ..design import ModelData
-from ..errors import ConvergenceWarning, SpecError
+from ..errors import SpecError
 from ..priors import Priors
 from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame
+from . import sampling
 from .base import Backend
-
-RHAT_MAX, ESS_MIN = 1.01, 400
 
 
 def _safe(name: str) -> str:
@@ -145,10 +144,7 @@ class PyMCBackend(Backend):
         diag["mcse"] = _mcse_rows(md, idata, names)
         diag.update({"sampler": sampler, "likelihood": likelihood, "draws": draws, "tune": tune, "chains": chains,
                      "collapse": collapse, "priors": pri.to_dict(), "compiled_model": compiled_model, **timing})
-        if not diag["converged"]:
-            warnings.warn(f"pymc sampling diagnostics failed: R-hat max {diag['rhat_max']:.4f}, bulk ESS min "
-                          f"{diag['ess_bulk_min']:.0f}, tail ESS min {diag['ess_tail_min']:.0f}, "
-                          f"{diag['divergences']} divergences", ConvergenceWarning, stacklevel=2)
+        sampling.warn_if_unconverged("pymc", diag, "run more draws (draws, tune) or raise target_accept")
         fit = Fit(backend=self.name, spec=md.spec, table=table, model=md, loglik=None, method=f"NUTS ({sampler})",
                   nobs=md.n, diagnostics=diag, raw=idata)
         fit.extras = {"posterior_predictive": lambda **k: posterior_predictive(fit, names, **k),
@@ -590,19 +586,13 @@ def _diagnostics(idata, names) -> dict:
     ess_b = az.ess(idata, var_names=var_names, method="bulk")
     ess_t = az.ess(idata, var_names=var_names, method="tail")
 
-    def _ext(ds, fn):
-        vals = np.concatenate([np.ravel(ds[v].values) for v in ds.data_vars])
-        vals = vals[np.isfinite(vals)]
-        return float(fn(vals)) if len(vals) else float("nan")
+    def flat(ds):
+        return np.concatenate([np.ravel(ds[v].values) for v in var_names])
 
+    labels = [f"{v}[{','.join(map(str, i))}]" if i else v for v in var_names for i in np.ndindex(rhat[v].shape)]
     div = int(idata.sample_stats["diverging"].values.sum()) if "diverging" in idata.sample_stats else 0
-    out = {"rhat_max": _ext(rhat, np.max), "ess_bulk_min": _ext(ess_b, np.min), "ess_tail_min": _ext(ess_t, np.min),
-           "divergences": div}
-    out["converged"] = bool(out["rhat_max"] <= RHAT_MAX and out["ess_bulk_min"] >= ESS_MIN
-                            and out["ess_tail_min"] >= ESS_MIN and div == 0)
+    out = sampling.convergence(labels, flat(rhat), flat(ess_b), flat(ess_t), div)
     out["singular"] = False
-    out["warnings"] = [] if out["converged"] else [
-        f"sampling diagnostics below thresholds (R-hat <= {RHAT_MAX}, ESS >= {ESS_MIN}, no divergences)"]
     return out
 
 

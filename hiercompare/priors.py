@@ -17,6 +17,8 @@ parameter class                   default prior
 
 Every class can be overridden: ``Priors.default(md).replace(sd=("student_t", 3, 0, 1.0))``. Distribution
 tuples are ``("normal", mu, sigma)``, ``("student_t", nu, mu, sigma)`` (half- for SDs) and ``("lkj", eta)``.
+Both backends take their priors through :func:`resolve_priors`, which checks them against the design the same
+way for either.
 """
 from __future__ import annotations
 
@@ -90,3 +92,47 @@ class Priors:
     def to_dict(self) -> dict:
         return {"intercept": list(self.intercept), "b": {k: list(v) for k, v in self.b.items()},
                 "sd": list(self.sd), "sigma": list(self.sigma), "cor": list(self.cor)}
+
+
+def resolve_priors(md: ModelData, priors) -> Priors:
+    """The priors a Bayesian backend samples with, checked against the design of ``md``.
+
+    ``priors`` is None (``Priors.default(md)``), a :class:`Priors`, or a dict of per-class overrides of
+    ``Priors.default(md)``. The ``b`` priors must name exactly the design's coefficients other than the
+    intercept, and every scale, degrees of freedom and eta must be positive; anything else is a SpecError that
+    says what is wrong, raised before a model is built.
+
+    >>> # resolve_priors(md, {"b": {"x1": ("normal", 0, 1)}})  # x2 has none
+    >>> # SpecError: the b priors must name exactly the design's coefficients ['x1', 'x2']; missing: ['x2'] ...
+    """
+    base = Priors.default(md)
+    if priors is None:
+        pri = base
+    elif isinstance(priors, Priors):
+        priors.validate()
+        pri = priors
+    elif isinstance(priors, dict):
+        pri = base.replace(**priors)
+    else:
+        raise SpecError("priors must be a hiercompare.priors.Priors or a dict of overrides per class "
+                        "(intercept, b, sd, sigma, cor)")
+    slopes = [n for n in md.fixed_names if n != INTERCEPT]
+    unknown = sorted(set(pri.b) - set(slopes))
+    missing = [n for n in slopes if n not in pri.b]
+    if unknown or missing:
+        raise SpecError(f"the b priors must name exactly the design's coefficients {slopes}; "
+                        + (f"unknown: {unknown}" if unknown else "") + ("; " if unknown and missing else "")
+                        + (f"missing: {missing}" if missing else "")
+                        + "; give one prior per coefficient, or one tuple for all of them, e.g. "
+                          "b=('normal', 0, 1)")
+    for what, dist in [("intercept", pri.intercept), ("sd", pri.sd), ("sigma", pri.sigma), ("cor", pri.cor)] + [
+            (f"b[{k}]", v) for k, v in pri.b.items()]:
+        _check_positive(what, dist)
+    return pri
+
+
+def _check_positive(what: str, dist: tuple) -> None:
+    kind, pars = dist[0], [float(v) for v in dist[1:]]
+    positive = {"normal": pars[1:2], "student_t": pars[0:1] + pars[2:3], "lkj": pars[0:1]}[kind]
+    if any(v <= 0 for v in positive):
+        raise SpecError(f"the {what} prior {dist!r} needs positive scale, degrees of freedom and eta")

@@ -173,6 +173,24 @@ def test_priors_and_bad_options(seed_data):
         hc.fit(data, F, backend="pymc", collapse="sideways")
 
 
+def test_partial_prior_override_is_the_same_spec_error_as_brms(seed_data):
+    """A dict of b priors that misses a coefficient was a raw KeyError inside model building; it is now the
+    SpecError brms gives (both backends resolve their priors with hiercompare.priors.resolve_priors)."""
+    from hiercompare.backends import brms as brms_backend
+    from hiercompare.backends import pymc as pymc_backend
+
+    assert pymc_backend.resolve_priors is brms_backend.resolve_priors
+    data, _ = seed_data
+    with pytest.raises(hc.SpecError, match=r"the b priors must name exactly the design's coefficients "
+                                           r"\['x1', 'x2'\]; missing: \['x2'\]; give one prior per coefficient"):
+        hc.fit(data, F, backend="pymc", priors={"b": {"x1": ("normal", 0, 1)}})
+    with pytest.raises(hc.SpecError, match=r"unknown: \['x3'\]"):
+        hc.fit(data, F, backend="pymc", priors={"b": {"x1": ("normal", 0, 1), "x2": ("normal", 0, 1),
+                                                      "x3": ("normal", 0, 1)}})
+    with pytest.raises(hc.SpecError, match="needs positive scale"):
+        hc.fit(data, F, backend="pymc", priors={"sd": ("student_t", 3, 0, -1.0)})
+
+
 @pytest.mark.slow
 def test_bayes_agreement_rule_on_two_independent_runs(pymc_fit, seed_data):
     """Two runs of the same posterior with different seeds must pass the pymc-vs-brms rule (posterior means

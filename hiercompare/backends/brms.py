@@ -68,7 +68,7 @@ import pandas as pd
 from .. import rbridge
 from ..design import ModelData
 from ..errors import BackendError, SpecError
-from ..priors import Priors
+from ..priors import Priors, resolve_priors
 from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame
 from ..spec import INTERCEPT
 from . import sampling
@@ -282,40 +282,6 @@ def precompile_main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def resolve_priors(md: ModelData, priors) -> Priors:
-    """The priors to use: ``Priors.default(md)``, a Priors, or a dict of overrides; validated for brms."""
-    base = Priors.default(md)
-    if priors is None:
-        pri = base
-    elif isinstance(priors, Priors):
-        priors.validate()
-        pri = priors
-    elif isinstance(priors, dict):
-        pri = base.replace(**priors)
-    else:
-        raise SpecError("priors must be a hiercompare.priors.Priors or a dict of overrides per class "
-                        "(intercept, b, sd, sigma, cor)")
-    slopes = [n for n in md.fixed_names if n != INTERCEPT]
-    unknown = sorted(set(pri.b) - set(slopes))
-    missing = [n for n in slopes if n not in pri.b]
-    if unknown or missing:
-        raise SpecError(f"the b priors must name exactly the design's coefficients {slopes}; "
-                        + (f"unknown: {unknown}" if unknown else "") + ("; " if unknown and missing else "")
-                        + (f"missing: {missing}" if missing else ""))
-    for what, dist in [("intercept", pri.intercept), ("sd", pri.sd), ("sigma", pri.sigma), ("cor", pri.cor)] + [
-            (f"b[{k}]", v) for k, v in pri.b.items()]:
-        _check_positive(what, dist)
-    return pri
-
-
-def _check_positive(what: str, dist: tuple) -> None:
-    kind, pars = dist[0], [float(v) for v in dist[1:]]
-    positive = {"normal": pars[1:2], "student_t": pars[0:1] + pars[2:3], "lkj": pars[0:1]}[kind]
-    bad = any(v <= 0 for v in positive)
-    if bad:
-        raise SpecError(f"the {what} prior {dist!r} needs positive scale, degrees of freedom and eta")
-
-
 def brms_data(md: ModelData) -> tuple[pd.DataFrame, dict[str, str]]:
     """The data frame sent to R and the map from our fixed-effect names to brms's coefficient names.
 

@@ -55,7 +55,7 @@ from .. import mixedcore
 from .._version import __version__
 from ..design import ModelData
 from ..errors import SpecError
-from ..priors import Priors
+from ..priors import Priors, resolve_priors
 from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame
 from . import sampling
 from .base import Backend
@@ -82,7 +82,7 @@ class PyMCBackend(Backend):
 
         if options:
             raise TypeError(f"unknown pymc options {sorted(options)}")
-        pri = _priors(md, priors)
+        pri = resolve_priors(md, priors)
         if likelihood == "auto":
             likelihood = "suffstats" if md.spec.family == "gaussian" else "rows"
         if likelihood not in ("suffstats", "rows"):
@@ -176,18 +176,6 @@ def _collapse_mode(md: ModelData, likelihood: str, collapse) -> str:
     if collapse == "leaf" and len(md.hierarchy.levels[-1].spec.terms) != 1:
         raise SpecError("collapse='leaf' needs a single varying term at the leaf level; use 'all'")
     return collapse
-
-
-def _priors(md, priors) -> Priors:
-    base = Priors.default(md)
-    if priors is None:
-        return base
-    if isinstance(priors, Priors):
-        priors.validate()
-        return priors
-    if isinstance(priors, dict):
-        return base.replace(**priors)
-    raise SpecError("priors must be a hiercompare.priors.Priors or a dict of overrides per class")
 
 
 def _prior_var(pm, name, dist, **kw):

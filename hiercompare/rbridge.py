@@ -48,8 +48,12 @@ INSTALL_HINT = (
 )
 _RAW_LOCK = threading.RLock()
 _SOURCED: set[str] = set()
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*$")
-_FORMULA = re.compile(r"^[A-Za-z0-9_.:+|()~ ]+$")
+_R_NAME = r"[A-Za-z][A-Za-z0-9_.]*"
+_NAME = re.compile(rf"^{_R_NAME}$")
+# The grammar of the formulas sent to R (as ModelSpec.to_formula writes them), the one check before R parses
+# them: response ~ term + ... with terms 0, 1, name(:name)* and (0|1 [+ name]* |/|| name(:name)*).
+_R_TERM = rf"(?:[01]|{_R_NAME}(?::{_R_NAME})*|\((?:[01])(?: \+ {_R_NAME})* \|\|? {_R_NAME}(?::{_R_NAME})*\))"
+_FORMULA = re.compile(rf"^{_R_NAME} ~ {_R_TERM}(?: \+ {_R_TERM})*$")
 
 
 class _RSession:
@@ -218,20 +222,19 @@ def _dataframe(ro, frame, factors):
     return ro.DataFrame(cols)
 
 
-def r_formula(spec: ModelSpec) -> str:
-    """lme4 formula text rebuilt from the spec; categorical terms appear bare (they are factors in the data)."""
+def r_formula(spec: ModelSpec, fixed: list[str] | None = None) -> str:
+    """Formula text for R, rendered by :meth:`ModelSpec.to_formula` (lme4 dialect: categorical terms bare,
+    they are factors in the data) and checked against the formula grammar; ``fixed`` replaces the fixed part
+    (brms names its coefficients its own way). Nothing outside that grammar reaches R's parser.
+    """
     names = spec.variables
     for n in names:
         if not _NAME.match(n):
             raise SpecError(f"{n!r} is not a valid R name")
-    fixed = ["1" if spec.intercept else "0"] + [t.name for t in spec.fixed]
-    bars = []
-    for g in spec.groups:
-        lhs = " + ".join(("1" if g.intercept else "0",) + g.slopes)
-        bars.append(f"({lhs} {'|' if g.correlated else '||'} {g.group})")
-    text = f"{spec.response} ~ " + " + ".join(fixed + bars)
-    if not _FORMULA.match(text):  # defence in depth: nothing outside the grammar's alphabet reaches R
-        raise SpecError(f"refusing to send {text!r} to R: characters outside the formula grammar")
+    text = spec.to_formula("lme4", fixed=fixed)
+    if not _FORMULA.match(text):  # defence in depth: the text must be exactly of the grammar's shape
+        raise SpecError(f"refusing to send {text!r} to R: it is outside the formula grammar "
+                        "(response ~ 0/1 + names + (1 + names | group))")
     return text
 
 

@@ -11,11 +11,13 @@ No backend library is imported in this module.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .errors import SpecError
 
 FAMILIES = ("gaussian", "binomial", "poisson")
+DIALECTS = ("hiercompare", "lme4")
 INTERCEPT = "(Intercept)"
 
 _NAME = r"[A-Za-z][A-Za-z0-9_.]*"
@@ -163,8 +165,34 @@ class ModelSpec:
     @property
     def formula(self) -> str:
         """Canonical formula text, rebuilt from the parsed parts (never the user's string)."""
-        parts = ["1" if self.intercept else "0"] + [t.formula_text() for t in self.fixed]
-        parts += [g.formula_text() for g in self.groups]
+        return self.to_formula()
+
+    def to_formula(self, dialect: str = "hiercompare", fixed: Sequence[str] | None = None) -> str:
+        """Formula text rebuilt from the parsed parts (never the user's string): the one renderer.
+
+        Parameters
+        ----------
+        dialect : {"hiercompare", "lme4"}
+            ``"hiercompare"``: the canonical text (:attr:`formula`), categorical terms as ``C(x)``;
+            ``"lme4"``: categorical terms bare, as R writes them for a factor column (the R backends send such
+            columns as factors).
+        fixed : sequence of str, optional
+            The fixed part written term by term in place of the spec's intercept and fixed terms, for an engine
+            that names its coefficients its own way (brms: ``["0", "Intercept", "x1", "hc_d3"]``). The
+            response and the group terms are the spec's.
+
+        Text meant for R goes through :func:`hiercompare.rbridge.r_formula`, which checks it against the
+        grammar before R sees it.
+
+        >>> ModelSpec.from_formula("y ~ C(region) + (1 + x | g)").to_formula("lme4")
+        'y ~ 1 + region + (1 + x | g)'
+        """
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {DIALECTS}, got {dialect!r}")
+        if fixed is None:
+            fixed = ["1" if self.intercept else "0"]
+            fixed += [t.formula_text() if dialect == "hiercompare" else t.name for t in self.fixed]
+        parts = list(fixed) + [g.formula_text() for g in self.groups]
         return f"{self.response} ~ " + " + ".join(parts)
 
     @property

@@ -117,3 +117,25 @@ def test_spec_is_frozen_and_hashable():
     with pytest.raises(Exception):
         a.family = "poisson"
     assert isinstance(a.groups[0], GroupTerm)
+
+
+def test_one_renderer_for_every_dialect():
+    spec = ModelSpec.from_formula("y ~ 0 + C(region) + x1:x2 + (0 + x1 || g) + (1 | g:h)")
+    assert spec.formula == spec.to_formula() == "y ~ 0 + C(region) + x1:x2 + (0 + x1 || g) + (1 | g:h)"
+    assert spec.to_formula("lme4") == "y ~ 0 + region + x1:x2 + (0 + x1 || g) + (1 | g:h)"  # R: a factor column
+    assert (spec.to_formula(fixed=["0", "Intercept", "hc_d1"])
+            == "y ~ 0 + Intercept + hc_d1 + (0 + x1 || g) + (1 | g:h)")  # brms names its own coefficients
+    assert ModelSpec.from_formula(spec.formula) == spec  # the canonical text parses back to the same spec
+    with pytest.raises(ValueError, match="dialect must be one of"):
+        spec.to_formula("stan")
+
+
+def test_r_formula_sends_only_the_grammar():
+    from hiercompare import rbridge
+
+    spec = ModelSpec.from_formula("y ~ C(region) + x1*x2 + (1 + x1 | g) + (1 | g:h)")
+    assert rbridge.r_formula(spec) == "y ~ 1 + region + x1 + x2 + x1:x2 + (1 + x1 | g) + (1 | g:h)"
+    assert rbridge.r_formula(spec, fixed=["0", "Intercept"]) == "y ~ 0 + Intercept + (1 + x1 | g) + (1 | g:h)"
+    for bad in (["0", "x1); system('ls'); (x1"], ["0", "x1 - 1"], ["x1 x2"], ["0 +"], ["log(x1)"], ["2"]):
+        with pytest.raises(SpecError, match="refusing to send .* outside the formula grammar"):
+            rbridge.r_formula(spec, fixed=bad)

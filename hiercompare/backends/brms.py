@@ -75,7 +75,6 @@ from . import sampling
 from .base import Backend
 
 BRMS_INTERCEPT = "Intercept"
-_FORMULA = re.compile(r"^[A-Za-z0-9_.:+|()~ ]+$")
 _COEF = re.compile(r"^[A-Za-z][A-Za-z0-9_.:]*$")
 _DUMMY = "hc_d"  # prefix of the treatment-dummy columns passed for categorical fixed terms
 # Compiler flags for brms's Stan models (-O3, no -g), used unless the user has a Makevars of their own;
@@ -314,19 +313,9 @@ def brms_data(md: ModelData) -> tuple[pd.DataFrame, dict[str, str]]:
 
 
 def brms_formula(md: ModelData, names: dict[str, str]) -> str:
-    """brms formula text rebuilt from the spec: ``y ~ 0 + Intercept + x1 + ... + (1 + x1 | market) + ...``."""
-    spec = md.spec
-    fixed = ["0"] + [BRMS_INTERCEPT if n == INTERCEPT else names[n] for n in md.fixed_names]
-    if fixed[1:2] == [BRMS_INTERCEPT]:
-        fixed = ["0 + Intercept"] + fixed[2:]
-    bars = []
-    for g in spec.groups:
-        lhs = " + ".join(("1" if g.intercept else "0",) + g.slopes)
-        bars.append(f"({lhs} {'|' if g.correlated else '||'} {g.group})")
-    text = f"{spec.response} ~ " + " + ".join(fixed + bars)
-    if not _FORMULA.match(text):
-        raise SpecError(f"refusing to send {text!r} to R: characters outside the formula grammar")
-    return text
+    """brms formula text: ``y ~ 0 + Intercept + x1 + ... + (1 + x1 | market) + ...``, the spec's own rendering
+    (:func:`hiercompare.rbridge.r_formula`, grammar-checked) with the fixed part named as ``names`` says."""
+    return rbridge.r_formula(md.spec, fixed=["0"] + [names[n] for n in md.fixed_names])
 
 
 def prior_table(md: ModelData, pri: Priors, names: dict[str, str]) -> dict[str, list]:

@@ -13,12 +13,16 @@ linear terms in X, so f need not (and trees cannot well) absorb them.
 """
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import numpy as np
 import pandas as pd
 
 from .. import mixedcore
 from ..design import ModelData, prepare
-from ..errors import SpecError
+from ..errors import DataError, SpecError
+
+T = TypeVar("T")
 
 
 class RandomEffects:
@@ -75,6 +79,32 @@ def group_aware_split(md: ModelData, fraction: float = 0.2, seed: int | None = 0
         if k > 0:
             mask[rng.choice(rows, size=k, replace=False)] = True
     return mask
+
+
+def validate_then_refit(md: ModelData, fraction: float, seed: int | None, maximum: int, unit: str,
+                        validate: Callable[[np.ndarray], int], refit: Callable[[int], T]) -> tuple[T, int, str | None]:
+    """The learners' one loop: choose the number of rounds / epochs on held-out rows, then refit on all rows.
+
+    ``fraction`` of the rows of every leaf group are held out (:func:`group_aware_split`, seeded by ``seed``);
+    ``validate(mask)`` trains on the other rows with early stopping judged on the held-out ones (``mask``
+    True) and returns the count it chose; ``refit(count)`` then trains on every row. Without held-out rows
+    (``fraction`` 0, or too few rows per leaf group), or when the training rows cannot be modelled alone
+    (``validate`` raises DataError, e.g. a category only among the held-out rows), the count is ``maximum``.
+
+    Returns
+    -------
+    (refit's result, the count used, a note saying why validation did not run, or None)
+    """
+    count, note = int(maximum), None
+    mask = group_aware_split(md, fraction, seed) if fraction > 0 else np.zeros(md.n, dtype=bool)
+    if fraction > 0 and not mask.any():
+        note = f"every leaf group has too few rows for a validation split; trained the maximum {maximum} {unit}"
+    elif mask.any():
+        try:
+            count = int(validate(mask))
+        except DataError as exc:
+            note = f"validation skipped ({exc}); trained the maximum {maximum} {unit}"
+    return refit(count), count, note
 
 
 def subset(md: ModelData, rows: np.ndarray) -> ModelData:

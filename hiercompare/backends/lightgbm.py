@@ -58,16 +58,17 @@ class LightGBMBackend(Backend):
         seed = 0 if seed is None else int(seed)
         feats = tuple(features) if features else learners.default_features(md)
         lgb_params = {**DEFAULT_PARAMS, **(params or {}), "seed": seed}
-        valid = learners.group_aware_split(md, validation_fraction, seed)
         curve: list[float] = []
-        rounds = max_rounds
-        if valid.any():
-            train_md = learners.subset(md, ~valid)
-            booster, _, curve = _boost(train_md, feats, lgb_params, max_rounds, method, refit_every,
-                                       valid_data=md.data.loc[valid], valid_y=md.y[valid],
-                                       early_stopping=early_stopping)
-            rounds = booster.best_iteration or booster.current_iteration()
-        booster, re, _ = _boost(md, feats, lgb_params, rounds, method, refit_every)
+
+        def validate(valid):
+            booster, _, curve[:] = _boost(learners.subset(md, ~valid), feats, lgb_params, max_rounds, method,
+                                          refit_every, valid_data=md.data.loc[valid], valid_y=md.y[valid],
+                                          early_stopping=early_stopping)
+            return booster.best_iteration or booster.current_iteration()
+
+        (booster, re, _), rounds, skipped = learners.validate_then_refit(
+            md, validation_fraction, seed, max_rounds, "rounds", validate,
+            lambda n: _boost(md, feats, lgb_params, n, method, refit_every))
         F = booster.predict(learners.feature_matrix(md, md.data, feats), num_iteration=rounds)
         centre = float(F.mean())
         res = re.update(F - centre, optimise=True)
@@ -83,7 +84,8 @@ class LightGBMBackend(Backend):
                 "rounds": int(rounds), "validation_rmse_best": min(curve) if curve else None,
                 "validation_curve_every_10": curve[::10], "features": list(feats),
                 "notes": ["logLik is the marginal likelihood conditional on the learned f(x)",
-                          f"rounds chosen by early stopping on {validation_fraction:.0%} of every leaf group's rows"],
+                          skipped or f"rounds chosen by early stopping on {validation_fraction:.0%} of every leaf "
+                                     "group's rows"],
             },
         )
 
@@ -165,15 +167,17 @@ class LightGBMCatBackend(Backend):
             return X
 
         D = design(md.data)
-        valid = learners.group_aware_split(md, validation_fraction, seed)
-        rounds = max_rounds
-        if valid.any():
+
+        def validate(valid):
             tr = lgb.Dataset(D[~valid], label=md.y[~valid])
             va = lgb.Dataset(D[valid], label=md.y[valid], reference=tr)
             b0 = lgb.train(lgb_params, tr, num_boost_round=max_rounds, valid_sets=[va],
                            callbacks=[lgb.early_stopping(early_stopping, verbose=False)])
-            rounds = b0.best_iteration or b0.current_iteration()
-        booster = lgb.train(lgb_params, lgb.Dataset(D, label=md.y), num_boost_round=rounds)
+            return b0.best_iteration or b0.current_iteration()
+
+        booster, rounds, skipped = learners.validate_then_refit(
+            md, validation_fraction, seed, max_rounds, "rounds", validate,
+            lambda n: lgb.train(lgb_params, lgb.Dataset(D, label=md.y), num_boost_round=n))
         pred = booster.predict(D, num_iteration=rounds)
         # documented decomposition: mean prediction per group minus its parent's (national for level 1)
         devs = []
@@ -208,7 +212,7 @@ class LightGBMCatBackend(Backend):
                           "components are estimated and nothing is shrunk",
                           "group effects are descriptive contrasts: mean prediction of a group minus its parent's",
                           "varying slopes are not represented as group effects; they stay inside f(x)",
-                          "the residual SD is the training RMSE"],
+                          "the residual SD is the training RMSE"] + ([skipped] if skipped else []),
             },
         )
 

@@ -77,6 +77,7 @@ the CPU for ``predict``; features with NaN raise DataError there.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -87,7 +88,7 @@ from ..errors import DataError, SpecError
 from ..results import RESIDUAL, Fit, sd_term, tidy_frame
 from ..spec import INTERCEPT
 from .base import Backend
-from .learners import RandomEffects, default_features, feature_matrix, group_aware_split, subset
+from .learners import RandomEffects, default_features, feature_matrix, subset, validate_then_refit
 from .native import tidy_rows
 
 INSTALL_HINT = ("install PyTorch (CPU build: `pip install torch --index-url https://download.pytorch.org/whl/cpu`) "
@@ -117,6 +118,16 @@ def _mlp(n_in: int, hidden, zero_last: bool):
             last.bias.zero_()
     layers.append(last)
     return nn.Sequential(*layers)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """torch's global generator seeded with ``seed`` inside, and restored to the caller's state after."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _features(md: ModelData, features) -> tuple[str, ...]:
@@ -231,8 +242,6 @@ class TorchBackend(Backend):
         (0: no validation, train ``epochs`` epochs); ``refit_every`` (epochs between theta re-optimisations
         and validation checks); ``patience`` (validation checks without improvement before stopping);
         ``orthogonalize`` (project f off the fixed design, else only centre it)."""
-        import torch
-
         if options:
             raise TypeError(f"unknown torch options {sorted(options)}")
         method = _check_common(md, method, hidden, epochs, lr, weight_decay, validation_fraction)
@@ -246,27 +255,22 @@ class TorchBackend(Backend):
         notes = ["torch (LMMNN-style): fixed effects, SDs, BLUPs and the log-likelihood are conditional on the "
                  "learned f(x); its estimation uncertainty is not propagated"]
         curve: list[tuple[int, float]] = []
-        chosen = int(epochs)
-        if validation_fraction > 0:
-            mask = group_aware_split(md, validation_fraction, seed=seed_used)
-            if mask.any():
-                tr, va = np.flatnonzero(~mask), np.flatnonzero(mask)
-                try:
-                    md_tr = subset(md, tr)
-                    val = _ValidationSet(md_tr, md.data.loc[va].reset_index(drop=True), md.y[va], feats)
-                except DataError as exc:  # e.g. a categorical level only in the validation rows
-                    notes.append(f"validation skipped ({exc}); trained the maximum {epochs} epochs")
-                else:
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(seed_used)
-                        _, _, curve = _train_lmmnn(md_tr, feats, int(epochs), cfg, val=val)
-                    chosen = min(curve, key=lambda t: (t[1], t[0]))[0]
-            else:
-                notes.append("every leaf group has too few rows for a validation split; trained the maximum "
-                             f"{epochs} epochs")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_used)
-            fn, re, _ = _train_lmmnn(md, feats, chosen, cfg, val=None)
+
+        def validate(mask):
+            tr, va = np.flatnonzero(~mask), np.flatnonzero(mask)
+            md_tr = subset(md, tr)  # DataError (e.g. a categorical level only in the validation rows): skipped
+            val = _ValidationSet(md_tr, md.data.loc[va].reset_index(drop=True), md.y[va], feats)
+            with _seeded(seed_used):
+                curve[:] = _train_lmmnn(md_tr, feats, int(epochs), cfg, val=val)[2]
+            return min(curve, key=lambda t: (t[1], t[0]))[0]
+
+        def refit(n):
+            with _seeded(seed_used):
+                return _train_lmmnn(md, feats, n, cfg, val=None)
+
+        (fn, re, _), chosen, skipped = validate_then_refit(md, validation_fraction, seed_used, int(epochs), "epochs",
+                                                           validate, refit)
+        notes += [skipped] if skipped else []
         notes.append(fn.center(bool(orthogonalize)))
         res = re.update(fn(md.data), optimise=True)
         stopped_early = bool(curve) and curve[-1][0] < int(epochs)
@@ -386,8 +390,6 @@ class TorchEmbedBackend(Backend):
         are not penalised), ``seed`` (None -> 0), ``features``, ``validation_fraction`` (0: train ``epochs``),
         ``embedding_dim`` per level, ``eval_every`` and ``patience`` (validation checks). ``method`` is
         accepted and ignored (MSE training, no likelihood)."""
-        import torch
-
         if options:
             raise TypeError(f"unknown torch-embed options {sorted(options)}")
         _check_common(md, "REML", hidden, epochs, lr, weight_decay, validation_fraction)
@@ -415,18 +417,20 @@ class TorchEmbedBackend(Backend):
             notes.append(f"categorical fixed terms {cats} are not inputs of the network (their coefficients are "
                          "the projection of the population part, about 0)")
         curve: list[tuple[int, float]] = []
-        chosen = int(epochs)
-        if validation_fraction > 0:
-            mask = group_aware_split(md, validation_fraction, seed=seed_used)
-            if mask.any():
-                tr = np.flatnonzero(~mask)
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed_used)
-                    _, curve = _train_embed(md, feats, int(epochs), cfg, train_rows=tr, val_rows=np.flatnonzero(mask))
-                chosen = min(curve, key=lambda t: (t[1], t[0]))[0]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_used)
-            model, _ = _train_embed(md, feats, chosen, cfg, train_rows=np.arange(md.n), val_rows=None)
+
+        def validate(mask):
+            with _seeded(seed_used):
+                curve[:] = _train_embed(md, feats, int(epochs), cfg, train_rows=np.flatnonzero(~mask),
+                                        val_rows=np.flatnonzero(mask))[1]
+            return min(curve, key=lambda t: (t[1], t[0]))[0]
+
+        def refit(n):
+            with _seeded(seed_used):
+                return _train_embed(md, feats, n, cfg, train_rows=np.arange(md.n), val_rows=None)[0]
+
+        model, chosen, skipped = validate_then_refit(md, validation_fraction, seed_used, int(epochs), "epochs",
+                                                     validate, refit)
+        notes += [skipped] if skipped else []
         parts = model.decomposition()
         pop = _EmbedPopulation(model)
         h0 = parts["population"]

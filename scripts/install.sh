@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 R_PKGS="r-base-core r-base-dev r-cran-lme4 r-cran-brms r-cran-jsonlite r-cran-reticulate r-cran-testthat"
-SYS_PKGS="libopenblas-dev libboost-dev chromium"
+SYS_PKGS="libopenblas-dev libboost-dev chromium graphviz"
 
 r_ok() {
   command -v Rscript >/dev/null 2>&1 &&

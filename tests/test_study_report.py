@@ -21,7 +21,7 @@ import pytest
 import hiercompare as hc
 from hiercompare.performance import performance
 from hiercompare.report import plots
-from hiercompare.report.study import ReportError, agreement_pairs, agreement_table, render_study
+from hiercompare.report.study import ReportError, agreement_pairs, agreement_table, render_study, study_report
 from hiercompare.simulate import LevelScenario, Scenario
 from hiercompare.study import Study
 
@@ -170,24 +170,143 @@ def test_lightgbm_tree_node_kinds():
          + 0.5 * np.asarray(X["group_level_2"].cat.codes) % 3)
     b = lgb.train({"verbose": -1, "num_leaves": 15, "min_data_in_leaf": 5, "learning_rate": 0.3}, lgb.Dataset(X, y),
                   num_boost_round=3)
-    kinds = {"group_level_1": "market", "group_level_2": "submarket", "x1": "slope"}
+    kinds = {"group_level_1": "top group", "group_level_2": "nested group", "x1": "slope"}
     t = plots.tree_nodes(b, 0, feature_kinds=kinds)
     splits = t[t["kind"] != "leaf"]
-    assert set(splits["kind"]) <= {"market", "submarket", "slope", "other"}
+    assert set(splits["kind"]) <= {"top group", "nested group", "slope", "other"}
     for f, k in zip(splits["feature"], splits["kind"]):
         assert k == kinds.get(f, "other")
     assert (t["kind"] == "leaf").sum() == len(splits) + 1  # a binary tree
-    assert {"market", "slope"} <= set(splits["kind"])  # both signals are strong enough to be split on
+    assert {"top group", "slope"} <= set(splits["kind"])  # both signals are strong enough to be split on
     # a booster trained on a NumPy array: Column_<i> renamed
     b2 = lgb.train({"verbose": -1}, lgb.Dataset(X[["x1", "x2"]].to_numpy(), y), num_boost_round=1)
     t2 = plots.tree_nodes(b2, 0, feature_names=["x1", "x2"], feature_kinds={"x1": "slope"})
     assert set(t2.loc[t2["kind"] != "leaf", "feature"]) <= {"x1", "x2"}
-    png = base64.b64decode(plots.lightgbm_tree_plot(b, 0, feature_kinds=kinds, title="t"))
-    assert png[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="out of range"):
         plots.tree_nodes(b, 7)
     with pytest.raises(ValueError, match="feature kinds"):
         plots.tree_nodes(b, 0, feature_kinds={"x1": "tree"})
+
+
+def _tree_booster():
+    lgb = pytest.importorskip("lightgbm")
+    rng = np.random.default_rng(0)
+    n = 600
+    X = pd.DataFrame({"x1": rng.normal(size=n), "x2": rng.normal(size=n),
+                      "group_level_1": pd.Categorical(rng.integers(0, 4, n)),
+                      "group_level_2": pd.Categorical(rng.integers(0, 12, n))})
+    y = (2.0 * X["x1"] + np.asarray(X["group_level_1"].cat.codes) + np.sin(3 * X["x2"])
+         + 0.5 * np.asarray(X["group_level_2"].cat.codes) % 3)
+    return lgb, X, y, lgb.train({"verbose": -1, "num_leaves": 15, "min_data_in_leaf": 5, "learning_rate": 0.3},
+                                lgb.Dataset(X, y), num_boost_round=3)
+
+
+def _width(g) -> float:
+    return float(g.pipe(format="plain").decode().split(None, 4)[2])
+
+
+def test_lightgbm_tree_drawing():
+    """LightGBM's own drawing (create_tree_digraph) with every node filled by its kind, an escaped legend and
+    title, named NumPy features, the narrower orientation, and a tree without a split."""
+    lgb, X, y, b = _tree_booster()
+    if plots.graphviz_missing():
+        pytest.skip(f"Graphviz is missing here ({plots.graphviz_missing()}); make install installs it")
+    kinds = {"group_level_1": "top group", "group_level_2": "nested group", "x1": "slope"}
+    g = plots.lightgbm_tree_digraph(b, 0, feature_kinds=kinds, title='t <script>"x"</script>',
+                                    kind_labels={"top group": "codes of <school> & co"})
+    src = g.source
+    t = plots.tree_nodes(b, 0, feature_kinds=kinds)
+    for node, r in t.iterrows():
+        number = node.rsplit("-", 1)[-1][1:]
+        name = ("leaf" if r["kind"] == "leaf" else "split") + number
+        assert f'{name} [fillcolor="{plots.TREE_KIND_COLOURS[r["kind"]]}" style=filled]' in src, name
+        if r["kind"] == "leaf":  # LightGBM's own node: an ellipse with the leaf's value
+            assert f"{name} [label=<leaf {number}: <B>" in src and "shape=ellipse" in src
+        else:  # a box that names the split feature
+            assert f"{name} [label=<<B>{r['feature']}</B>" in src
+    assert {"top group", "slope", "leaf"} <= set(t["kind"])
+    assert "codes of &lt;school&gt; &amp; co" in src and "<school>" not in src
+    assert "t &lt;script&gt;&quot;x&quot;&lt;/script&gt;" in src and "<script>" not in src
+    assert "split on a varying-slope covariate" in src  # the default legend text of a kind without a label
+    png = base64.b64decode(plots.lightgbm_tree_plot(b, 0, feature_kinds=kinds, title="t"))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and min(struct.unpack(">II", png[16:24])) > 200
+    # orientation: "auto" is the narrower of LightGBM's two layouts
+    h, v = (plots.lightgbm_tree_digraph(b, 0, orientation=o) for o in ("horizontal", "vertical"))
+    assert "rankdir=LR" in h.source and "rankdir=TB" in v.source
+    auto = plots.lightgbm_tree_digraph(b, 0)
+    assert ("rankdir=LR" if _width(h) <= _width(v) else "rankdir=TB") in auto.source
+    with pytest.raises(ValueError, match="orientation"):
+        plots.lightgbm_tree_digraph(b, 0, orientation="diagonal")
+    # a booster trained on a NumPy array: Column_<i> named in the drawing
+    b2 = lgb.train({"verbose": -1}, lgb.Dataset(X[["x1", "x2"]].to_numpy(), y), num_boost_round=1)
+    src2 = plots.lightgbm_tree_digraph(b2, 0, feature_names=["x1", "x2"], feature_kinds={"x1": "slope"}).source
+    assert "Column_" not in src2 and "<B>x1</B>" in src2
+    # a tree without a split (LightGBM's drawing refuses it): one leaf, drawn
+    b3 = lgb.train({"verbose": -1, "min_data_in_leaf": 10_000}, lgb.Dataset(X[["x1"]].to_numpy(), y),
+                   num_boost_round=1)
+    g3 = plots.lightgbm_tree_digraph(b3, 0)
+    assert "the tree has no split" in g3.source and g3.pipe(format="png")[:4] == b"\x89PNG"
+
+
+def test_tree_drawing_without_graphviz(report, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("graphviz") and shutil.which("dot"):
+        assert plots.graphviz_missing() is None
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "which", lambda *a, **k: None)
+        assert "dot" in plots.graphviz_missing()
+    real = importlib.util.find_spec
+    with monkeypatch.context() as m:
+        m.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "graphviz" else real(name, *a))
+        assert "pip install" in plots.graphviz_missing()
+    monkeypatch.setattr(plots, "graphviz_missing", lambda: "no dot on this machine")
+    with pytest.raises(plots.GraphvizMissing, match="no dot on this machine"):
+        plots.lightgbm_tree_plot(None, 0)
+    if "lightgbm-cat" not in report["backends"]:
+        pytest.skip("lightgbm is not installed: the study report has no LightGBM section")
+    html, _ = study_report(report["folder"])
+    assert 'id="lightgbm"' in html and "no dot on this machine" in html
+    assert "the tree is not drawn here" in html
+    assert not any(a.startswith("LightGBM tree") for a, _ in _images(html))
+
+
+def test_report_names_come_from_the_data(report, tmp_path, monkeypatch):
+    """Level names, labels and the root come from the scenario and the formula, not from the seed's domain."""
+    sc = Scenario(levels=(LevelScenario("school", 4, {"(Intercept)": 0.8, "x1": 0.5}, ((1.0, 0.3), (0.3, 1.0)),
+                                        label="School{i}"),
+                          LevelScenario("class", 3, {"(Intercept)": 0.4}, label="C{i}")),
+                  n_obs=20, root="Scotland", name="schools")
+    lightgbm = "lightgbm-cat" in hc.available_backends() and not plots.graphviz_missing()
+    backends = ["mixedlm"] + (["lightgbm-cat"] if lightgbm else [])
+    out = tmp_path / "schools"
+    Study([sc], replications=1, backends=backends, options={"lightgbm-cat": {"max_rounds": 20}}, seed=5,
+          name="schools").run(out, workers=1, progress=False)
+    seen = {}
+    draw_hierarchy, draw_tree = plots.hierarchy_plot, plots.lightgbm_tree_plot
+
+    def hierarchy_spy(root, root_value, levels, **kw):
+        seen["root"], seen["levels"] = root, [list(lv["level"]) for lv in levels]
+        return draw_hierarchy(root, root_value, levels, **kw)
+
+    def tree_spy(*a, **kw):
+        seen["kinds"], seen["kind_labels"] = kw["feature_kinds"], kw["kind_labels"]
+        return draw_tree(*a, **kw)
+
+    monkeypatch.setattr(plots, "hierarchy_plot", hierarchy_spy)
+    monkeypatch.setattr(plots, "lightgbm_tree_plot", tree_spy)
+    html = render_study(out).read_text(encoding="utf-8")
+    assert seen["root"] == "Scotland"
+    assert "School0" in seen["levels"][0] and "School0:C0" in seen["levels"][1]
+    assert "Scotland -&gt; school (size 4) -&gt; class (size 3)" in html and "school:class" in html
+    assert "market" not in html.lower() and "united_state" not in html.lower()
+    if lightgbm:
+        assert seen["kinds"] == {"x1": "slope", "group_level_1": "top group", "group_level_2": "nested group"}
+        assert seen["kind_labels"]["top group"] == "split on group_level_1 = school codes"
+        assert seen["kind_labels"]["nested group"] == "split on group_level_2 = school:class codes"
+        assert "group_level_1 = school, group_level_2 = school:class" in html
+    # control: the same checks find the seed's domain in a study that uses it
+    assert "market:submarket" in report["html"] and "United_state" in report["html"]
 
 
 # ---------------------------------------------------------------------------------------------- browser

@@ -241,21 +241,28 @@ def lightgbm_tree_figures(results: pd.DataFrame, manifest: dict) -> list[dict]:
     """Refit each LightGBM backend of the study once (first scenario it ran in, first replication) and draw tree 0.
 
     The data set is regenerated with :func:`hiercompare.simulate` from the manifest's scenario and the unit
-    seed recorded in the results (checked against :func:`hiercompare.study.unit_seed`).
+    seed recorded in the results (checked against :func:`hiercompare.study.unit_seed`). Split features are
+    coloured by kind, and the legend names the grouping factors as the fitted model's hierarchy does. Where
+    Graphviz is missing (:func:`hiercompare.report.plots.graphviz_missing`) nothing is refitted and the note says
+    so in place of the figure.
     """
     from ..fitting import fit
     from ..simulate import Scenario, simulate
-    from ..spec import ModelSpec
     from ..study import unit_seed
 
     st = manifest["study"]
     out = []
+    missing = plots.graphviz_missing()
     for be in LIGHTGBM_BACKENDS:
         if be not in st["backends"]:
             continue
         ran = results[(results["backend"] == be) & (results["error"] == "")]
         if ran.empty:
             out.append(dict(backend=be, png="", note=f"{be} failed in every replication; no tree to draw"))
+            continue
+        if missing:
+            out.append(dict(backend=be, png="", note=f"{be}: the tree is not drawn here: LightGBM draws it with "
+                            f"Graphviz (lightgbm.create_tree_digraph), and {missing}"))
             continue
         names = [s["name"] for s in st["scenarios"]]
         scen = ran["scenario"].iloc[0]
@@ -274,19 +281,27 @@ def lightgbm_tree_figures(results: pd.DataFrame, manifest: dict) -> list[dict]:
         except HierCompareError as exc:
             out.append(dict(backend=be, png="", note=f"{be} could not be refitted here: {exc}"))
             continue
-        spec = ModelSpec.from_formula(formula, family=sc.family)
+        # the grouping factors as the fit's tree has them, top first (lightgbm-cat's group_level_<depth>)
+        levels = f.model.hierarchy.levels
         kinds: dict[str, str] = {}
-        for lv in spec.levels:
-            for s in lv.slopes:
-                kinds[s] = "slope"
-        for d in range(1, len(spec.levels) + 1):
-            kinds[f"group_level_{d}"] = "market" if d == 1 else "submarket"
+        for lv in levels:
+            for term in lv.spec.slopes:
+                kinds[term] = "slope"
+        codes = {f"group_level_{lv.depth}": lv.group for lv in levels}
+        for feat in codes:
+            kinds[feat] = "top group" if feat == "group_level_1" else "nested group"
+        slopes = sorted(k for k, v in kinds.items() if v == "slope")
+        kind_labels = {"top group": f"split on group_level_1 = {levels[0].group} codes",
+                       "nested group": "split on " + ", ".join(f"{c} = {g}" for c, g in codes.items()
+                                                               if c != "group_level_1") + " codes",
+                       "slope": "split on a varying-slope covariate (" + ", ".join(slopes) + ")"}
         feats = list(f.diagnostics.get("features", [])) if be == "lightgbm" else None
         what = ("GPBoost-style model: LightGBM f(x) on the marginal-likelihood gradient, random effects by "
                 "mixedcore" if be == "lightgbm" else "BASELINE: LightGBM with the grouping factors as categorical "
-                "features (group_level_1 = top level, group_level_2 = the next)")
+                "features (" + ", ".join(f"{c} = {g}" for c, g in codes.items()) + ")")
         title = f"{be}, tree 0 of {f.raw.num_trees()}: scenario {scen}, replication {rep}"
-        png = plots.lightgbm_tree_plot(f.raw, 0, feature_names=feats, feature_kinds=kinds, title=title)
+        png = plots.lightgbm_tree_plot(f.raw, 0, feature_names=feats, feature_kinds=kinds, title=title,
+                                       kind_labels=kind_labels)
         out.append(dict(backend=be, png=png, note=f"{what}; refitted on scenario {scen}, replication {rep} "
                         f"(seed {seed}), tree 0 of {f.raw.num_trees()}"))
     return out

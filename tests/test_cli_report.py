@@ -65,6 +65,20 @@ def test_demo_subset_writes_report(tmp_path, monkeypatch):
     assert st["fits"] == pytest.approx(sum(t["total_seconds"] for t in saved["timings"]), rel=1e-12)
 
 
+def test_demo_report_names_come_from_the_scenario(tmp_path):
+    # a tree of schools and classes under Scotland: the report names it so, and never the seed's domain
+    sc = hc.Scenario(levels=(hc.LevelScenario("school", 5, {"(Intercept)": 0.8}, label="School{i}"),
+                             hc.LevelScenario("class", 3, {"(Intercept)": 0.4}, label="C{i}")),
+                     n_obs=20, root="Scotland", name="schools")
+    res = hc.demo.run_demo(tmp_path, scenario=sc, backends=["ols", "mixedlm"], progress=lambda m: None)
+    html = (tmp_path / "report.html").read_text()
+    assert res["hierarchy"]["root"] == "Scotland"
+    assert "Tree: Scotland \u2192 school (5 groups) \u2192 school:class (15 groups)" in html
+    assert "School intercepts per backend" in html and '<img alt="school intercepts"' in html
+    assert "over the school groups drawn" in html
+    assert "market" not in html.lower() and "united_state" not in html.lower()
+
+
 def test_report_escapes_every_label(tmp_path):
     res = hc.demo.run_demo(tmp_path, backends=["ols"], progress=lambda m: None)
     evil = '<script>alert("x")</script>'

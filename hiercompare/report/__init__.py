@@ -99,13 +99,14 @@ def render_demo(results: dict) -> str:
                      on=["group", "term"], how="left")
     variance_png = plots.variance_plot(vplot) if not vplot.empty else ""
 
-    # market intercepts
+    # intercepts of the top grouping level (named as in the formula)
     top = results.get("hierarchy", {}).get("levels", [])
-    market_png = ""
+    top_group = top[0]["group"] if top else "top-level"
+    top_png = ""
     if top and INTERCEPT in top[0]["terms"]:
         g = top[0]["group"]
         rv = tidy[tidy["effect"] == "ran_vals"]
-        market_png = plots.group_effects_plot(rv, truth[truth["effect"] == "ran_vals"], g, INTERCEPT,
+        top_png = plots.group_effects_plot(rv, truth[truth["effect"] == "ran_vals"], g, INTERCEPT,
                                               f"{g} intercept deviations: estimate and 95% interval per backend")
 
     agreement = pd.DataFrame(results.get("agreement_summary", []))
@@ -140,7 +141,8 @@ def render_demo(results: dict) -> str:
         provenance=prov, formula=results["formula"], family=results.get("family", "gaussian"),
         seed=results.get("seed"), nobs=results.get("nobs"), tree=tree,
         truth_rows=truth_rows, truth_cols=truth_cols, fixed_rows=fixed_rows, fixed_cols=fixed_cols,
-        vc_rows=vc_rows, vc_cols=vc_cols, variance_png=variance_png, market_png=market_png,
+        vc_rows=vc_rows, vc_cols=vc_cols, variance_png=variance_png, top_png=top_png,
+        top_group=top_group, root=results.get("hierarchy", {}).get("root", "root"),
         agreement_rows=agreement_rows, info_rows=info_rows, agreement_cols=agreement_cols, timing_rows=timing_rows,
         timing_cols=timing_cols, diagnostics=diagnostics, skipped=results.get("skipped", []),
         provenance_rows=provenance_rows, scenario_json=json.dumps(results.get("scenario", {}), indent=2),

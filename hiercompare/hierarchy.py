@@ -1,4 +1,8 @@
-"""The nested tree: national root -> level 1 -> level 2 -> ..., built from a spec and the data.
+"""The nested tree: root -> level 1 -> level 2 -> ..., built from a spec and the data.
+
+The root is the population every group belongs to; its label is an option (``root=``), since nothing in a
+user's data names it: ``"(all)"`` by default, the scenario's root (``"United_state"`` in the seed's tree) for
+simulated data.
 
 Labels of a factor written ``a:b`` are the strings ``"<a>:<b>"``, as lme4 prints them, so labels that repeat
 across parents (``Sub0`` in every market) are distinct groups there. A bare factor whose labels repeat
@@ -15,7 +19,7 @@ import pandas as pd
 from .errors import CrossedFactorsError, DataError, NestingError
 from .spec import GroupLevel, ModelSpec
 
-ROOT = "United_state"
+ROOT = "(all)"  # the root's label when nothing names it (simulated trees carry their own)
 
 
 @dataclass(frozen=True)
@@ -173,8 +177,8 @@ def _parent_map(coarse: Level, fine_spec: GroupLevel, fine_labels: np.ndarray, f
             f"{fine_spec.group} is not nested in {coarse.group}: {len(bad)} of {len(fine_labels)} "
             f"{fine_spec.group} labels appear under more than one {coarse.group} ("
             + "; ".join(examples)
-            + f").{crossed} If labels are reused across {coarse.group}s for different groups (Sub0 in every "
-            f"market), write the finer factor as (1 | {fix}) or (1 | {coarse.group}/{fine_spec.group}); "
+            + f").{crossed} If labels are reused across {coarse.group}s for different groups (the same "
+            f"{fine_spec.group} label under several {coarse.group}s), write the finer factor as (1 | {fix}) or (1 | {coarse.group}/{fine_spec.group}); "
             "otherwise make the labels unique per parent."
         )
     parent = np.empty(len(fine_labels), dtype=np.int64)

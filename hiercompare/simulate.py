@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from .errors import SpecError
-from .hierarchy import ROOT
 from .results import RESIDUAL, Truth, cor_term, sd_term, tidy_frame
 from .spec import FAMILIES, INTERCEPT
 
@@ -75,7 +74,7 @@ class Scenario:
     residual_sd: float = 1.0
     family: str = "gaussian"
     response: str = "y"
-    root: str = ROOT
+    root: str = "United_state"  # the seed conversation's national root
     name: str = "seed"
     nonlinear: str | None = None  # a key of NONLINEAR: a known f(x) added to the linear predictor
 

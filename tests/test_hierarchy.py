@@ -22,7 +22,9 @@ def test_levels_codes_and_parent_maps():
     df = _tree()
     spec = hc.ModelSpec.from_formula("y ~ x1 + (1 | market) + (1 | market:submarket)")
     h = Hierarchy.build(spec, df)
-    assert h.root == "United_state"
+    assert h.root == "(all)"  # nothing in a user's data names the root
+    assert Hierarchy.build(spec, df, root="Scotland").root == "Scotland"
+    assert hc.Scenario().root == "United_state"  # the seed's simulated tree keeps its national root
     assert h.groups == ("market", "market:submarket")
     top, sub = h.levels
     assert list(top.labels) == ["Market_0", "Market_1", "Market_2"]

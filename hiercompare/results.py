@@ -106,13 +106,39 @@ class Fit:
     """Backend-specific extras by name (e.g. the Bayesian backends' posterior predictive draws and LOO)."""
 
     # ------------------------------------------------------------------ views
-    def tidy(self, effects: str | list[str] | None = None) -> pd.DataFrame:
+    def tidy(self, effects: str | list[str] | None = None, names: str = "python") -> pd.DataFrame:
+        """The tidy frame, optionally only some ``effects`` (``fixed``, ``ran_pars``, ``ran_vals``).
+
+        ``names="r"`` names the fixed-effect terms as R does (lme4's ``fixef``, broom.mixed): a treatment dummy
+        is the column name followed by its level, ``sexM`` or ``livch3+`` where the default says ``sex[T.M]``;
+        a ``C(x)`` term reads as for a factor column ``x`` (``x2``); numeric terms and interactions (``x1:x2``)
+        read the same either way. The names come from the fit's design (``FixedColumn.r_name``, the mapping
+        the lme4 backend reads R's names back with), not from the text. Groups and the ``sd__`` / ``cor__``
+        terms are broom.mixed's already.
+        """
+        if names not in ("python", "r"):
+            raise ValueError(f"names must be 'python' or 'r', got {names!r}")
         df = self.table.copy()
         if effects is not None:
             effects = [effects] if isinstance(effects, str) else list(effects)
             df = df[df["effect"].isin(effects)]
+        if names == "r":
+            df["term"] = self._r_terms(df)
         df["backend"] = self.backend
         return df.reset_index(drop=True)
+
+    def _r_terms(self, df: pd.DataFrame) -> pd.Series:
+        fixed = df["effect"] == "fixed"
+        if not fixed.any():
+            return df["term"]
+        if self.model is None:
+            raise DataError("R's term names come from the fit's design, and this Fit was loaded without its data; "
+                            "refit it, or use names='python'")
+        to_r = {c.name: c.r_name for c in self.model.columns}
+        unknown = sorted(set(df.loc[fixed, "term"]) - set(to_r))
+        if unknown:
+            raise ValueError(f"fixed-effect terms {unknown} are not columns of the design {list(to_r)}")
+        return df["term"].where(~fixed, df["term"].map(to_r))
 
     @property
     def fixef(self) -> pd.Series:

@@ -139,3 +139,25 @@ def test_r_formula_sends_only_the_grammar():
     for bad in (["0", "x1); system('ls'); (x1"], ["0", "x1 - 1"], ["x1 x2"], ["0 +"], ["log(x1)"], ["2"]):
         with pytest.raises(SpecError, match="refusing to send .* outside the formula grammar"):
             rbridge.r_formula(spec, fixed=bad)
+
+
+@pytest.mark.parametrize(
+    "formula, message",
+    [  # formulae dropped each of these from the fixed part without a word (R refuses all but True, see _tokenize)
+        ("y ~ x + 1e3 + (1 | g)", r"the number '1e3' in .* only 0 and 1"),
+        ("y ~ x + 1 x2 + (1 | g)", r"'1' and 'x2' follow each other without an operator in .*; join terms with '\+'"),
+        ("y ~ x + (1 | g) (1 | h)", r"'\)' and '\(' follow each other without an operator"),
+        ("y ~ x + True + (1 | g)", r"'True' cannot be a column name in the formula .*: formulae reads it as the "
+                                   r"Python value True; rename the column, e.g. data.rename\(columns=\{'True': 'True_'\}\)"),
+        ("y ~ x + (1 + if | g)", r"'if' cannot be a column name .*: it is a reserved word in R"),
+        ("NA ~ x + (1 | g)", "'NA' cannot be a column name"),
+    ],
+)
+def test_what_formulae_dropped_silently_is_refused(formula, message):
+    with pytest.raises(SpecError, match=message):
+        ModelSpec.from_formula(formula)
+
+
+def test_reserved_names_refused_in_a_spec_built_directly():
+    with pytest.raises(SpecError, match="'None' cannot be a column name"):
+        ModelSpec(response="y", intercept=True, fixed=(FixedTerm(("None",)),), groups=(GroupTerm(("g",), True, ()),))

@@ -1,7 +1,8 @@
-# Run by tests/test_r_users.py (so by `make test`): hiercompare called from R through reticulate, checked
+# Run by tests/test_r_users.py (so by `make test`): the R package hiercompare (R CMD INSTALL . into a temporary
+# library) calling the Python package through reticulate, checked
 # against lme4 fitted in the same R session.
 library(testthat)
-source(Sys.getenv("HIERCOMPARE_R_ENTRY"))
+library(hiercompare)  # installed by the test (R CMD INSTALL .), Python chosen by HIERCOMPARE_VENV
 
 test_that("hiercompare's mixedlm through reticulate agrees with lme4 in the same session", {
   sim <- hc_simulate(seed = 123)

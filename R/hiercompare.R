@@ -1,0 +1,167 @@
+# hiercompare from R, through reticulate: small functions that return data.frames in broom.mixed's layout.
+# The Python side does the work; see hc_module() for which Python runs.
+
+#' A pandas DataFrame as a data.frame
+#'
+#' Converts column by column (so it works whatever reticulate's pandas conversion does); Python's `None`
+#' and a missing number (`NaN`, e.g. the standard error that lme4 does not give for a variance parameter)
+#' become `NA`, as in broom.mixed.
+#'
+#' @param x A pandas DataFrame (a reticulate Python object), e.g. `fit$tidy()`.
+#' @return A data.frame with the same column names; strings stay character vectors.
+#' @examples
+#' \dontrun{
+#' hc <- hc_module()
+#' hc_df(hc$simulate(seed = 1L)[[1]])
+#' }
+#' @export
+hc_df <- function(x) {
+  if (!inherits(x, "python.builtin.object")) {
+    stop("hc_df() needs a pandas DataFrame (a Python object); got an object of class ", class(x)[1L], call. = FALSE)
+  }
+  cols <- unlist(x$columns$tolist())
+  out <- lapply(cols, function(cn) x$`__getitem__`(cn)$tolist())
+  out <- lapply(out, function(v) if (is.list(v)) unlist(lapply(v, function(e) if (is.null(e)) NA else e)) else v)
+  out <- lapply(out, function(v) if (is.double(v)) replace(v, is.nan(v), NA_real_) else v)
+  names(out) <- cols
+  as.data.frame(out, stringsAsFactors = FALSE, check.names = FALSE)
+}
+
+#' Simulate the running example: a national -> market -> submarket tree with known truth
+#'
+#' @param seed Integer seed of the simulation.
+#' @return A list: `data` (a data.frame: `y`, `x1`, `x2`, `market`, `submarket`, ...) and `truth` (the
+#'   generating values in the tidy layout of [hc_tidy()]).
+#' @examples
+#' \dontrun{
+#' sim <- hc_simulate(seed = 123)
+#' str(sim$data)
+#' }
+#' @export
+hc_simulate <- function(seed = 123L) {
+  hc <- hc_module()
+  res <- hc$simulate(seed = as.integer(seed))
+  list(data = hc_df(res[[1]]), truth = hc_df(res[[2]]$tidy()))
+}
+
+#' Fit an lme4-style hierarchical model on one backend
+#'
+#' @param data A data.frame. Character columns and factors used as fixed effects are categorical
+#'   (treatment coding; the reference is the first level in sorted order).
+#' @param formula The model as one string in lme4 syntax, e.g.
+#'   `"y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"`; the Python side checks it against a strict
+#'   grammar.
+#' @param backend A backend name: `"mixedlm"`, `"native"`, `"ols"`, `"pymc"`, ... (`hc_module()$backends()`
+#'   lists them). The R backends (`"lme4"`, `"r_lm"`, `"brms"`) are unavailable from R and say so.
+#' @param ... Options passed to the backend (e.g. `method = "ML"`).
+#' @return The Python Fit object; read it with [hc_tidy()].
+#' @examples
+#' \dontrun{
+#' sim <- hc_simulate(seed = 123)
+#' fit <- hc_fit(sim$data, "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)", backend = "mixedlm")
+#' hc_tidy(fit)
+#' }
+#' @export
+hc_fit <- function(data, formula, backend = "mixedlm", ...) {
+  if (!is.data.frame(data)) stop("data must be a data.frame; got ", class(data)[1L], call. = FALSE)
+  if (inherits(formula, "formula")) formula <- paste(deparse(formula, width.cutoff = 500L), collapse = " ")
+  if (!is.character(formula) || length(formula) != 1L || is.na(formula)) {
+    stop("formula must be one string (or an R formula), e.g. \"y ~ x1 + (1 | market)\"", call. = FALSE)
+  }
+  if (!is.character(backend) || length(backend) != 1L || is.na(backend)) {
+    stop("backend must be one backend name, e.g. \"mixedlm\"", call. = FALSE)
+  }
+  hc <- hc_module()
+  hc$fit(reticulate::r_to_py(data), formula, backend = backend, ...)
+}
+
+#' A fit as a tidy data.frame, in broom.mixed's layout and with R's term names
+#'
+#' One row per fixed effect (`effect == "fixed"`), variance parameter (`"ran_pars"`: `sd__(Intercept)`,
+#' `cor__(Intercept).x1`, the residual as group `Residual`, term `sd__Observation`) and group deviation
+#' (`"ran_vals"`), with broom.mixed's columns `effect`, `group`, `level`, `term`, `estimate`, `std.error`,
+#' `conf.low`, `conf.high`, plus `backend`.
+#'
+#' With `names = "r"` (the default) fixed-effect terms are named as lme4 and broom.mixed name them: `sexM`
+#' and `livch3+` for the treatment dummies that the Python side calls `sex[T.M]` and `livch[T.3+]` (a
+#' `C(x)` term reads as for a factor column `x`); numeric terms and interactions (`x1:x2`) read the same.
+#' The names come from the fit's design (Python's `Fit.tidy(names = "r")`), not from the text.
+#'
+#' @param fit A fit returned by [hc_fit()].
+#' @param names `"r"` (R's term names) or `"python"` (the Python package's own, e.g. `sex[T.M]`).
+#' @return A data.frame.
+#' @examples
+#' \dontrun{
+#' sim <- hc_simulate(seed = 1)
+#' sim$data$sex <- rep(c("F", "M"), length.out = nrow(sim$data))
+#' hc_tidy(hc_fit(sim$data, "y ~ x1 + sex + (1 | market)"))  # terms (Intercept), x1, sexM
+#' }
+#' @export
+hc_tidy <- function(fit, names = c("r", "python")) {
+  names <- match.arg(names)
+  if (!inherits(fit, "python.builtin.object") || !reticulate::py_has_attr(fit, "tidy")) {
+    stop("hc_tidy() needs a fit returned by hc_fit(); got an object of class ", class(fit)[1L], call. = FALSE)
+  }
+  d <- hc_df(fit$tidy(names = names))
+  rename <- c(std_error = "std.error", conf_low = "conf.low", conf_high = "conf.high")
+  hit <- base::names(d) %in% base::names(rename)
+  base::names(d)[hit] <- rename[base::names(d)[hit]]
+  d
+}
+
+#' Compare several fits: the agreement table
+#'
+#' @param ... Fits returned by [hc_fit()] (two or more).
+#' @return A data.frame with one row per pair of fits, parameter and quantity: the difference, the
+#'   tolerance of the parameter's class and a verdict.
+#' @examples
+#' \dontrun{
+#' sim <- hc_simulate(seed = 5)
+#' f <- "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"
+#' hc_compare(hc_fit(sim$data, f, backend = "mixedlm"), hc_fit(sim$data, f, backend = "native"))
+#' }
+#' @export
+hc_compare <- function(...) {
+  hc <- hc_module()
+  hc_df(hc$compare(list(...)))
+}
+
+#' Run a simulation study from a TOML config
+#'
+#' @param config Path of the study's TOML file (see the README's "Simulation studies").
+#' @param out_dir Folder the study writes: `results.parquet`, `manifest.json`, `performance.csv`; running the
+#'   same call again resumes an interrupted study.
+#' @param workers Number of local worker processes.
+#' @return The results table (one row per scenario, replication, backend and parameter) as a data.frame.
+#' @examples
+#' \dontrun{
+#' res <- hc_study("validation/seed_small.toml", file.path(tempdir(), "seed_small"))
+#' }
+#' @export
+hc_study <- function(config, out_dir, workers = 1L) {
+  if (!is.character(config) || length(config) != 1L || !file.exists(config)) {
+    stop("config must be the path of an existing TOML file; got ", deparse(config)[1L], call. = FALSE)
+  }
+  hc <- hc_module()
+  st <- hc$Study$from_toml(config)
+  res <- st$run(out_dir, workers = as.integer(workers))
+  hc_df(res)
+}
+
+#' Render the HTML report of a finished study
+#'
+#' @param out_dir The study's folder (the `out_dir` of [hc_study()]).
+#' @return The path of `report.html` in `out_dir` (tables beside it in `report_tables/`).
+#' @examples
+#' \dontrun{
+#' browseURL(hc_report(file.path(tempdir(), "seed_small")))
+#' }
+#' @export
+hc_report <- function(out_dir) {
+  if (!is.character(out_dir) || length(out_dir) != 1L || !dir.exists(out_dir)) {
+    stop("out_dir must be the folder of a finished study; got ", deparse(out_dir)[1L], call. = FALSE)
+  }
+  hc_module()
+  rep <- reticulate::import("hiercompare.report.study")
+  as.character(rep$render_study(out_dir))
+}

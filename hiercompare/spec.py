@@ -274,11 +274,11 @@ def _tokenize(formula: str) -> list[tuple[str, str]]:
     job). Measured with formulae 0.9.0 on the formulas of tests/test_spec.py and a few more (each also
     checked against R 4.2's own parser or model.frame):
 
-    * ``formulae.model_description`` accepts 17 of the 22 formulas tests/test_spec.py expects refused
+    * ``formulae.model_description`` accepts 17 of the 25 formulas tests/test_spec.py expects refused
       (``log(y) ~ x``, ``y ~ x + system("rm -rf /")``, ``y x1`` without a ``~``, ``y ~ x + (1 | g + h)``,
       ``y ~ x + 2``, ``y ~ x - z``, ``y ~ C(a, Sum)``, ...), and refuses two that lme4 fits:
       ``(1 + x1 || market)`` and ``(x1 - 1 | market)``.
-    * Its tokenizer (``formulae.scanner.Scanner``) refuses only 4 of those 22 (empty, two ``~``, ``;``,
+    * Its tokenizer (``formulae.scanner.Scanner``) refuses only 4 of those 25 (empty, two ``~``, ``;``,
       ``^``); it scans strings, backquoted names, brackets, braces, commas and comparison operators, all of
       which would need refusing again token by token. Its tokens carry no position in the text, so the
       message could no longer quote the offending rest of the formula (``unexpected text ', Sum) + ...'``);

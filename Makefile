@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.install-stamp
 
-.PHONY: install demo test test-fast bench validate clean
+.PHONY: install demo test test-fast r-check r-docs bench validate clean
 
 install: $(STAMP)
 
@@ -17,9 +17,19 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory r-check
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# R CMD build + R CMD check --no-manual of the R package at the repository root, in a temporary folder; fails on
+# a WARNING or ERROR, prints the NOTEs; skipped, saying why, where make install recorded R as unavailable.
+r-check: install
+	bash scripts/r_check.sh
+
+# man/*.Rd and NAMESPACE from the roxygen comments in R/ (commit them: R CMD check reads the files, not R/'s comments)
+r-docs:
+	Rscript -e 'roxygen2::roxygenise()'
 
 bench: install
 	$(BIN)/python bench/run.py --out bench_out/results.json

@@ -72,10 +72,7 @@ class LightGBMBackend(Backend):
         F = booster.predict(learners.feature_matrix(md, md.data, feats), num_iteration=rounds)
         centre = float(F.mean())
         res = re.update(F - centre, optimise=True)
-
-        def nonlinear(df: pd.DataFrame) -> np.ndarray:
-            return booster.predict(learners.feature_matrix(md, df, feats), num_iteration=rounds) - centre
-
+        nonlinear = BoostedF(md, booster, feats, rounds, centre)
         return Fit(
             backend=self.name, spec=md.spec, table=tidy_rows(md, res), model=md, loglik=res.loglik,
             method=method.upper(), nobs=md.n, nonlinear=nonlinear, raw=booster,
@@ -158,15 +155,7 @@ class LightGBMCatBackend(Backend):
         lgb_params = {**DEFAULT_PARAMS, **(params or {}), "seed": seed, "objective": "regression",
                       "metric": "rmse", "cat_smooth": 10.0}
 
-        def design(df: pd.DataFrame) -> pd.DataFrame:
-            X = pd.DataFrame(learners.feature_matrix(md, df, feats), columns=list(feats))
-            for lv in levels:
-                codes = lv.codes_for(df)
-                X[f"group_level_{lv.depth}"] = pd.Categorical(np.where(codes >= 0, codes, -1),
-                                                      categories=np.arange(-1, lv.n_groups))
-            return X
-
-        D = design(md.data)
+        D = _cat_design(md, feats, md.data)
 
         def validate(valid):
             tr = lgb.Dataset(D[~valid], label=md.y[~valid])
@@ -194,13 +183,7 @@ class LightGBMCatBackend(Backend):
         resid_sd = float(np.sqrt(np.mean((md.y - pred) ** 2)))
         rows.append(dict(effect="ran_pars", group=RESIDUAL, term=sd_term("Observation"), estimate=resid_sd))
 
-        def nonlinear(df: pd.DataFrame) -> np.ndarray:
-            out = booster.predict(design(df), num_iteration=rounds)
-            for lv, dev in zip(levels, devs):
-                codes = lv.codes_for(df)
-                out = out - np.where(codes >= 0, dev[np.maximum(codes, 0)], 0.0)
-            return out
-
+        nonlinear = CatRemainder(md, booster, feats, rounds, devs)
         spread = {lv.group: float(np.std(d, ddof=1)) for lv, d in zip(levels, devs)}
         return Fit(
             backend=self.name, spec=md.spec, table=tidy_frame(rows), model=md, loglik=None, method="L2 boosting",
@@ -219,3 +202,46 @@ class LightGBMCatBackend(Backend):
     def versions(self):
         return _versions()
 
+
+class BoostedF:
+    """``Fit.nonlinear`` of ``lightgbm``: the boosted F(x) minus its mean on the fitting rows.
+
+    A plain object (the booster, its round count, the features and the centre), so the Fit pickles; the
+    LightGBM Booster pickles through its model text (``model_to_string``), which predicts identically.
+    """
+
+    def __init__(self, md: ModelData, booster, features: tuple[str, ...], rounds: int, centre: float):
+        self.md, self.booster, self.features = md, booster, tuple(features)
+        self.rounds, self.centre = int(rounds), float(centre)
+
+    def __call__(self, data: pd.DataFrame) -> np.ndarray:
+        F = learners.feature_matrix(self.md, data, self.features)
+        return self.booster.predict(F, num_iteration=self.rounds) - self.centre
+
+
+def _cat_design(md: ModelData, feats: tuple[str, ...], df: pd.DataFrame) -> pd.DataFrame:
+    """lightgbm-cat's features: the numeric columns and every level's group code as a category (-1: unseen)."""
+    X = pd.DataFrame(learners.feature_matrix(md, df, feats), columns=list(feats))
+    for lv in md.hierarchy.levels:
+        codes = lv.codes_for(df)
+        X[f"group_level_{lv.depth}"] = pd.Categorical(np.where(codes >= 0, codes, -1),
+                                                      categories=np.arange(-1, lv.n_groups))
+    return X
+
+
+class CatRemainder:
+    """``Fit.nonlinear`` of ``lightgbm-cat``: the booster's prediction minus the row's group contrasts.
+
+    A plain object (booster, round count, features and the per-level contrasts), so the Fit pickles.
+    """
+
+    def __init__(self, md: ModelData, booster, features: tuple[str, ...], rounds: int, devs: list[np.ndarray]):
+        self.md, self.booster, self.features = md, booster, tuple(features)
+        self.rounds, self.devs = int(rounds), [np.asarray(d, dtype=float) for d in devs]
+
+    def __call__(self, data: pd.DataFrame) -> np.ndarray:
+        out = self.booster.predict(_cat_design(self.md, self.features, data), num_iteration=self.rounds)
+        for lv, dev in zip(self.md.hierarchy.levels, self.devs):
+            codes = lv.codes_for(data)
+            out = out - np.where(codes >= 0, dev[np.maximum(codes, 0)], 0.0)
+        return out

@@ -43,6 +43,7 @@ likelihood the pointwise log-likelihood is computed from the draws afterwards, r
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import threading
 import time
@@ -147,8 +148,9 @@ class PyMCBackend(Backend):
         sampling.warn_if_unconverged("pymc", diag, "run more draws (draws, tune) or raise target_accept")
         fit = Fit(backend=self.name, spec=md.spec, table=table, model=md, loglik=None, method=f"NUTS ({sampler})",
                   nobs=md.n, diagnostics=diag, raw=idata)
-        fit.extras = {"posterior_predictive": lambda **k: posterior_predictive(fit, names, **k),
-                      "loo": lambda **k: loo(fit, names, **k)}
+        # module functions bound to the fit (not lambdas), so the Fit pickles
+        fit.extras = {"posterior_predictive": functools.partial(posterior_predictive, fit, names),
+                      "loo": functools.partial(loo, fit, names)}
         return fit
 
     def versions(self):

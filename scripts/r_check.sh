@@ -18,7 +18,7 @@ trap 'rm -rf "$tmp"' EXIT
 # copy of the source files alone (those git tracks or would track), to which .Rbuildignore then applies.
 mkdir "$tmp/hiercompare"
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-  git ls-files -z --cached --others --exclude-standard |
+  git ls-files -z --cached --others --exclude-standard | grep -zv '^\.venv' |
     tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$tmp/hiercompare"
 else
   tar --exclude=./.venv --exclude=./.git -cf - . | tar -xf - -C "$tmp/hiercompare"

@@ -16,6 +16,25 @@ r_ok() {
     Rscript -e 'for (p in c("lme4", "jsonlite", "brms", "reticulate", "testthat")) if (!requireNamespace(p, quietly = TRUE)) quit(status = 1)' >/dev/null 2>&1
 }
 
+# Every Debian package that is missing is installed, whether or not R was there before (a machine that already
+# has R still needs graphviz, chromium, roxygen2, ... when they were added after it was set up).
+missing=""
+if command -v dpkg-query >/dev/null 2>&1; then
+  for p in $R_PKGS $SYS_PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+  done
+fi
+if [ -n "$missing" ] && [ -f /etc/debian_version ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "install: installing with apt (about a minute):$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing >/tmp/hiercompare-apt.log 2>&1; }; then
+    tail -20 /tmp/hiercompare-apt.log || true
+    echo "install: NOTE: apt-get install failed (see /tmp/hiercompare-apt.log)"
+  fi
+elif [ -n "$missing" ]; then
+  echo "install: NOTE: not installed (not Debian, not root or no apt-get):$missing"
+fi
+
 r_status="ok"
 if r_ok; then
   echo "install: R and the R packages are present ($(Rscript -e 'cat(R.version.string)' 2>/dev/null))"
@@ -26,14 +45,7 @@ elif [ "$(id -u)" != "0" ]; then
 elif ! command -v apt-get >/dev/null 2>&1; then
   r_status="unavailable: apt-get not found"
 else
-  echo "install: installing R and R packages with apt (about a minute) ..."
-  export DEBIAN_FRONTEND=noninteractive
-  if apt-get update -qq && apt-get install -y -qq --no-install-recommends $R_PKGS $SYS_PKGS >/tmp/hiercompare-apt.log 2>&1; then
-    echo "install: R installed ($(Rscript -e 'cat(R.version.string)' 2>/dev/null))"
-  else
-    tail -20 /tmp/hiercompare-apt.log || true
-    r_status="unavailable: apt-get install failed (see /tmp/hiercompare-apt.log)"
-  fi
+  r_status="unavailable: apt-get install failed (see /tmp/hiercompare-apt.log)"
 fi
 # Debian's r-cran-bh has no include/ folder; rstan (and so brms) then stop with "Boost not found".
 BH=/usr/lib/R/site-library/BH

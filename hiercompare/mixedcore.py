@@ -81,25 +81,43 @@ class MixedCore:
     """
 
     def __init__(self, levels, leaf_codes, X, y, Z, offset=None):
+        X = np.asarray(X, dtype=float)
+        self._setup(levels, *X.shape)
+        self.X = X
+        self.leaf_codes = np.asarray(leaf_codes)
+        self.Z = [np.asarray(z, dtype=float) for z in Z]
+        self._W = np.column_stack(self.Z + [self.X])  # (n, K + p), response appended on demand
+        self._cross_fixed = self._cross(self._W, self._W)  # (G_L, K+p, K+p): never changes
+        self.set_response(y, offset)
+
+    def _setup(self, levels, n: int, p: int) -> None:
         self.levels = list(levels)
         self.L = len(self.levels)
         if self.L == 0:
             raise ValueError("mixedcore needs at least one grouping level")
-        self.X = np.asarray(X, dtype=float)
-        self.n, self.p = self.X.shape
+        self.n, self.p = int(n), int(p)
         self.k = [lv.k for lv in self.levels]
         self.K = int(sum(self.k))
-        self.leaf_codes = np.asarray(leaf_codes)
-        self.Z = [np.asarray(z, dtype=float) for z in Z]
-        self._W = np.column_stack(self.Z + [self.X])  # (n, K + p), response appended on demand
         self._sparse_parent = [
             sparse.csr_matrix((np.ones(lv.n_groups), (lv.parent, np.arange(lv.n_groups))),
                               shape=(self.levels[i - 1].n_groups if i else 1, lv.n_groups))
             for i, lv in enumerate(self.levels)
         ]
         self._layout_theta()
-        self._cross_fixed = self._cross(self._W, self._W)  # (G_L, K+p, K+p): never changes
-        self.set_response(y, offset)
+
+    @classmethod
+    def from_sums(cls, levels, C, n: int) -> "MixedCore":
+        """A core on per-leaf cross-products ``C`` (G_leaf, K+p+1, K+p+1) of ``[z_1 .. z_L, X, y]`` over ``n``
+        rows, summed elsewhere (chunk by chunk, or per partition: :mod:`hiercompare.leafsums`). Everything but
+        :meth:`set_response` works; the rows were never here."""
+        self = cls.__new__(cls)
+        C = np.asarray(C, dtype=float)
+        self._setup(levels, n, C.shape[1] - 1 - sum(lv.k for lv in levels))
+        if C.shape != (self.levels[-1].n_groups, self.K + self.p + 1, self.K + self.p + 1):
+            raise ValueError(f"sums of shape {C.shape} do not fit the levels (K={self.K}, p={self.p})")
+        self.X = self.y = self.Z = self.leaf_codes = self._W = None
+        self.C = C
+        return self
 
     # ------------------------------------------------------------------ sufficient statistics
     def _cross(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -117,6 +135,8 @@ class MixedCore:
 
     def set_response(self, y, offset=None) -> None:
         """Replace the response (or the offset): only the y cross-products are recomputed."""
+        if self._W is None:
+            raise ValueError("this core was built from sums (MixedCore.from_sums): it has no rows to re-weight")
         y = np.asarray(y, dtype=float)
         if offset is not None:
             y = y - np.asarray(offset, dtype=float)
@@ -363,5 +383,10 @@ def from_model_data(md, offset=None) -> MixedCore:
         blocks = tuple(tuple(pos[t] for t in b) for b in lv.spec.blocks)
         levels.append(LevelLayout(group=lv.group, k=len(terms), terms=terms, blocks=blocks, n_groups=lv.n_groups,
                                   parent=lv.parent))
+    sums = getattr(md, "sums", None)  # a streamed source's per-leaf sums (leafsums.SummaryData)
+    if sums is not None:
+        if offset is not None:
+            raise ValueError("an offset needs the rows; this ModelData holds only per-leaf sums")
+        return MixedCore.from_sums(levels, sums, md.n)
     leaf = md.hierarchy.levels[-1].codes
     return MixedCore(levels, leaf, md.X, md.y, [md.Z[lv.group] for lv in md.hierarchy.levels], offset=offset)

@@ -183,7 +183,21 @@ def simulate(scenario: Scenario | None = None, seed: int | None = 123) -> tuple[
     """
     sc = scenario or Scenario()
     rng = np.random.default_rng(np.random.SeedSequence(seed))
-    # tree: per level, parent index of each group and its label
+    parents, labels, effects, leaf_n = _draw_tree(sc, rng)
+    leaf = np.repeat(np.arange(len(labels[-1])), leaf_n)
+    data, noise = _draw_rows(sc, parents, effects, leaf, rng)
+    data["national"] = np.full(len(leaf), sc.root, dtype=object)
+    idx = _level_index(sc, parents, leaf)
+    for d, lv in enumerate(sc.levels):
+        own = np.array([s.rsplit(":", 1)[-1] for s in labels[d + 1]], dtype=object)
+        data[lv.name] = own[idx[d]]
+    frame = pd.DataFrame(data)
+    noise_sd = None if noise is None else float(noise.std(ddof=1))
+    return frame, Truth(table=_truth_table(sc, labels, effects, noise_sd), scenario=sc.to_dict(), seed=seed)
+
+
+def _draw_tree(sc: Scenario, rng: np.random.Generator):
+    """The tree, top down: parent index and label of every group per level, its effects, then leaf sizes."""
     parents = [np.zeros(1, dtype=int)]  # root
     labels = [np.array([sc.root], dtype=object)]
     effects: list[np.ndarray] = []
@@ -200,14 +214,23 @@ def simulate(scenario: Scenario | None = None, seed: int | None = 123) -> tuple[
         chol = np.linalg.cholesky(lv.corr_matrix())
         effects.append((rng.standard_normal((len(lab), len(sd))) @ chol.T) * sd)  # SD 0 allowed
     leaf_n = _sizes(rng, sc.n_obs, len(labels[-1]))
-    leaf = np.repeat(np.arange(len(labels[-1])), leaf_n)
-    n = len(leaf)
-    # group index of every row at every level (leaf upwards)
+    return parents, labels, effects, leaf_n
+
+
+def _level_index(sc: Scenario, parents, leaf: np.ndarray) -> list[np.ndarray]:
+    """Group index of every row at every level (leaf upwards)."""
     idx = [None] * len(sc.levels)
     cur = leaf
     for d in range(len(sc.levels) - 1, -1, -1):
         idx[d] = cur
         cur = parents[d + 1][cur]
+    return idx
+
+
+def _draw_rows(sc: Scenario, parents, effects, leaf: np.ndarray, rng: np.random.Generator):
+    """Predictors (one standard-normal draw per predictor, in order), then the outcome, for rows in ``leaf``."""
+    n = len(leaf)
+    idx = _level_index(sc, parents, leaf)
     X = {p: rng.standard_normal(n) for p in sc.predictors}
     eta = np.full(n, sc.fixed.get(INTERCEPT, 0.0))
     for p in sc.predictors:
@@ -226,15 +249,83 @@ def simulate(scenario: Scenario | None = None, seed: int | None = 123) -> tuple[
         y = rng.binomial(1, 1 / (1 + np.exp(-eta))).astype(float)
     else:
         y = rng.poisson(np.exp(eta)).astype(float)
-    data = {sc.response: y, **X, "national": np.full(n, sc.root, dtype=object)}
-    for d, lv in enumerate(sc.levels):
+    return {sc.response: y, **X}, noise
+
+
+#: rows drawn from one random stream by :func:`simulate_to_parquet` (the data do not depend on chunk_rows)
+PARQUET_BLOCK = 1 << 16
+
+
+def simulate_to_parquet(scenario: Scenario | None, path, seed: int | None = 123, chunk_rows: int = 1 << 20,
+                        compression: str = "snappy") -> Truth:
+    """Draw a large data set straight to a Parquet file, ``chunk_rows`` rows at a time; return its truth.
+
+    The tree, the group effects and the leaf sizes are drawn as :func:`simulate` draws them (same seed, same
+    truth: ``ran_vals`` and ``ran_pars`` are identical); the rows are drawn in blocks of
+    :data:`PARQUET_BLOCK` rows, block ``b`` from ``SeedSequence(seed).spawn``'s ``b``-th child, so the file does
+    not depend on ``chunk_rows`` (rounded up to whole blocks; one row group each) but its rows differ from
+    :func:`simulate`'s. Memory is one chunk. Label columns are dictionary-encoded; the residual's realized SD
+    is computed from running sums. The scenario and seed are stored in the file's metadata
+    (``hiercompare.scenario``, ``hiercompare.seed``).
+
+    Examples
+    --------
+    >>> truth = simulate_to_parquet(Scenario(), "/tmp/seed.parquet", seed=1)  # doctest: +SKIP
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sc = scenario or Scenario()
+    root = np.random.SeedSequence(seed)
+    rng = np.random.default_rng(root)
+    parents, labels, effects, leaf_n = _draw_tree(sc, rng)
+    ends = np.cumsum(leaf_n)
+    n = int(ends[-1])
+    dicts = []
+    for d in range(len(sc.levels)):
         own = np.array([s.rsplit(":", 1)[-1] for s in labels[d + 1]], dtype=object)
-        data[lv.name] = own[idx[d]]
-    frame = pd.DataFrame(data)
-    return frame, Truth(table=_truth_table(sc, labels, effects, noise), scenario=sc.to_dict(), seed=seed)
+        uniq, code = np.unique(own.astype(str), return_inverse=True)
+        dicts.append((pa.array(uniq, type=pa.string()), code.astype(np.int32)))
+    per_chunk = max(1, -(-int(chunk_rows) // PARQUET_BLOCK))
+    meta = {b"hiercompare.scenario": json.dumps(sc.to_dict()).encode(), b"hiercompare.seed": json.dumps(seed).encode()}
+    s1 = s2 = 0.0
+    writer = None
+    try:
+        n_blocks = -(-n // PARQUET_BLOCK)
+        for first in range(0, n_blocks, per_chunk):
+            cols: dict = {}
+            for b in range(first, min(first + per_chunk, n_blocks)):
+                rows = np.arange(b * PARQUET_BLOCK, min((b + 1) * PARQUET_BLOCK, n))
+                leaf = np.searchsorted(ends, rows, side="right")
+                brng = np.random.default_rng(np.random.SeedSequence(root.entropy, spawn_key=(b,)))
+                data, noise = _draw_rows(sc, parents, effects, leaf, brng)
+                if noise is not None:
+                    s1, s2 = s1 + noise.sum(), s2 + noise @ noise
+                data["national"] = np.zeros(len(rows), dtype=np.int32)
+                for d, (lv, i) in enumerate(zip(sc.levels, _level_index(sc, parents, leaf))):
+                    data[lv.name] = dicts[d][1][i]
+                for k, v in data.items():
+                    cols.setdefault(k, []).append(v)
+            arrays = {}
+            for k, parts in cols.items():
+                v = np.concatenate(parts)
+                if k == "national":
+                    v = pa.DictionaryArray.from_arrays(v, pa.array([sc.root], type=pa.string()))
+                elif k in {lv.name for lv in sc.levels}:
+                    v = pa.DictionaryArray.from_arrays(v, dicts[[lv.name for lv in sc.levels].index(k)][0])
+                arrays[k] = v
+            table = pa.table(arrays).replace_schema_metadata(meta)
+            if writer is None:
+                writer = pq.ParquetWriter(str(path), table.schema, compression=compression)
+            writer.write_table(table, row_group_size=len(table))
+    finally:
+        if writer is not None:
+            writer.close()
+    noise_sd = float(np.sqrt((s2 - s1 * s1 / n) / (n - 1))) if sc.family == "gaussian" else None
+    return Truth(table=_truth_table(sc, labels, effects, noise_sd), scenario=sc.to_dict(), seed=seed)
 
 
-def _truth_table(sc: Scenario, labels, effects, noise) -> pd.DataFrame:
+def _truth_table(sc: Scenario, labels, effects, noise_sd) -> pd.DataFrame:
     rows = []
     for t in (INTERCEPT,) + tuple(sc.predictors):
         rows.append(dict(effect="fixed", term=t, estimate=sc.fixed.get(t, 0.0), realized=sc.fixed.get(t, 0.0)))
@@ -258,7 +349,7 @@ def _truth_table(sc: Scenario, labels, effects, noise) -> pd.DataFrame:
                                  realized=eff[g, j]))
     if sc.family == "gaussian":
         rows.append(dict(effect="ran_pars", group=RESIDUAL, term=sd_term("Observation"), estimate=sc.residual_sd,
-                         realized=float(noise.std(ddof=1))))
+                         realized=noise_sd))
     table = tidy_frame(rows)
     table["realized"] = [r.get("realized", np.nan) for r in rows]
     return table

@@ -39,11 +39,22 @@ def _cmd_fit(args) -> int:
     import pandas as pd
 
     from .fitting import fit
+    from .sources import write_predictions
 
-    data = pd.read_csv(args.data)
     options = {}
     if args.method:
         options["method"] = args.method.upper()
+    csv = args.data.lower().endswith((".csv", ".csv.gz", ".tsv"))
+    if args.scheduler:  # a Dask cluster reads the files and sums its partitions
+        import dask.dataframe as dd
+
+        data = dd.read_csv(args.data) if csv else dd.read_parquet(args.data)
+        options["scheduler"] = args.scheduler
+    elif args.backend == "native":  # read in batches: memory bounded by groups and columns, not rows
+        data = args.data
+        options["batch_rows"] = args.batch_rows
+    else:
+        data = pd.read_csv(args.data) if csv else pd.read_parquet(args.data)
     f = fit(data, args.formula, backend=args.backend, family=args.family, na_action=args.na_action,
             seed=args.seed, **options)
     text = f.to_json(args.out) if args.out else f.to_json()
@@ -51,6 +62,12 @@ def _cmd_fit(args) -> int:
         print(text)
     else:
         print(f"{args.backend}: fitted in {f.timing['fit_seconds']:.2f} s; wrote {args.out}", file=sys.stderr)
+    if args.predictions:
+        res = write_predictions(f, data if args.scheduler else args.data, args.predictions, what="decompose",
+                                keep=f.spec.grouping_variables, batch_rows=args.batch_rows,
+                                scheduler=args.scheduler)
+        print(f"wrote the decomposition of {res['rows']} rows to {res['path']} (labels unseen in fitting, per "
+              f"level: {res['unseen']})", file=sys.stderr)
     return 0
 
 
@@ -105,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_simulate)
 
     f = sub.add_parser("fit", help="fit one backend and write the tidy rows, diagnostics, timing and provenance")
-    f.add_argument("--data", required=True)
+    f.add_argument("--data", required=True, help="CSV or Parquet file (or a folder of Parquet files)")
     f.add_argument("--formula", required=True)
     f.add_argument("--backend", required=True)
     f.add_argument("--method", choices=["reml", "ml", "REML", "ML"], default=None)
@@ -113,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--na-action", choices=["error", "drop"], default="error")
     f.add_argument("--seed", type=int, default=None)
     f.add_argument("--out", default=None, help="JSON file (default: stdout)")
+    f.add_argument("--batch-rows", type=int, default=None,
+                   help="native: rows per batch read from the file (default 1048576)")
+    f.add_argument("--scheduler", default=None,
+                   help="native: a Dask scheduler address (tcp://host:8786); the cluster reads --data and sums it")
+    f.add_argument("--predictions", default=None,
+                   help="Parquet file (a folder with --scheduler) for the decomposition of every row of --data, "
+                        "written batch by batch in the data's row order")
     f.set_defaults(func=_cmd_fit)
 
     st = sub.add_parser("study", help="run (or resume) a simulation study from a TOML config")

@@ -11,8 +11,9 @@ import pandas as pd
 from ._version import __version__
 from .backends import get_backend
 from .design import prepare
-from .errors import ConvergenceWarning
+from .errors import ConvergenceWarning, SpecError
 from .results import Fit
+from .sources import as_streamed_fit, is_source, prepare_source
 from .spec import ModelSpec
 
 
@@ -33,14 +34,18 @@ def fit(
     family: str | None = None,
     na_action: str = "error",
     seed: int | None = None,
+    batch_rows: int | None = None,
+    scheduler=None,
     **options,
 ) -> Fit:
     """Fit one hierarchical model on one backend.
 
     Parameters
     ----------
-    data : DataFrame
-        One row per observation, with the response, the predictors and the grouping columns.
+    data : DataFrame, or a source larger than memory
+        One row per observation, with the response, the predictors and the grouping columns. For
+        ``backend="native"`` also a Parquet file or folder, a CSV file, a pyarrow dataset / Table /
+        RecordBatchReader, or a Dask DataFrame: read in batches into per-leaf sums (:mod:`hiercompare.sources`).
     formula_or_spec : str or ModelSpec
         An lme4-style formula such as ``"y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"``.
     backend : str
@@ -51,6 +56,11 @@ def fit(
         rows is then recorded in ``fit.diagnostics["notes"]``.
     seed : int, optional
         Recorded in the provenance and passed to backends that draw random numbers.
+    batch_rows : int, optional
+        Rows per batch when ``data`` is a file or a pyarrow source (default 1,048,576).
+    scheduler : optional
+        For a Dask DataFrame: a ``distributed.Client``, a cluster or an address ``"tcp://host:8786"``
+        (default: Dask's default scheduler, i.e. the last Client created).
     **options
         Backend options, e.g. ``method="ML"`` for mixedlm and lme4.
 
@@ -66,7 +76,15 @@ def fit(
     spec = as_spec(formula_or_spec, family)
     be = get_backend(backend)
     be.check(spec)
-    md = prepare(spec, data, na_action=na_action)
+    streamed = not isinstance(data, pd.DataFrame) and is_source(data)
+    if streamed:
+        md = prepare_source(spec, data, backend=be.name, na_action=na_action, batch_rows=batch_rows,
+                            scheduler=scheduler)
+    elif batch_rows is not None or scheduler is not None:
+        raise SpecError("batch_rows and scheduler are for sources read in batches (a file, a pyarrow dataset, a "
+                        "Dask DataFrame); this data is already in memory")
+    else:
+        md = prepare(spec, data, na_action=na_action)
     if be.takes_seed:
         options = {"seed": seed, **options}
     t1 = time.perf_counter()
@@ -101,5 +119,5 @@ def fit(
         "options": {k: v for k, v in options.items()},
         "nobs": md.n,
     }
-    return result
+    return as_streamed_fit(result, md) if streamed else result
 

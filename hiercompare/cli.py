@@ -25,11 +25,20 @@ def _cmd_simulate(args) -> int:
     if args.scenario:
         with open(args.scenario) as fh:
             sc = Scenario.from_dict(json.load(fh))
-    data, truth = simulate(sc, seed=args.seed)
-    data.to_csv(args.out, index=False)
+    if args.out.lower().endswith(".parquet"):  # large scenarios: written chunk by chunk, never all in memory
+        import pyarrow.parquet as pq
+
+        from .simulate import simulate_to_parquet
+
+        truth = simulate_to_parquet(sc, args.out, seed=args.seed, chunk_rows=args.chunk_rows)
+        n = pq.ParquetFile(args.out).metadata.num_rows
+    else:
+        data, truth = simulate(sc, seed=args.seed)
+        data.to_csv(args.out, index=False)
+        n = len(data)
     if args.truth:
         truth.to_json(args.truth)
-    print(f"wrote {len(data)} rows to {args.out}" + (f" and the truth to {args.truth}" if args.truth else ""),
+    print(f"wrote {n} rows to {args.out}" + (f" and the truth to {args.truth}" if args.truth else ""),
           file=sys.stderr)
     print(f"formula: {sc.formula()}", file=sys.stderr)
     return 0
@@ -115,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("simulate", help="draw a data set with known truth")
-    s.add_argument("--out", required=True, help="CSV file for the data")
+    s.add_argument("--out", required=True, help="CSV file for the data, or a .parquet file (written in chunks)")
+    s.add_argument("--chunk-rows", type=int, default=1 << 20, help="rows per Parquet row group (default 1048576)")
     s.add_argument("--truth", default=None, help="JSON file for the truth (Fit schema)")
     s.add_argument("--seed", type=int, default=123)
     s.add_argument("--scenario", default=None, help="JSON file with a Scenario (default: the seed's tree)")

@@ -391,3 +391,15 @@ def test_simulate_to_parquet_same_truth_and_independent_of_chunks(tmp_path):
     meta = pq.ParquetFile(tmp_path / "a.parquet").schema_arrow.metadata
     assert json.loads(meta[b"hiercompare.seed"]) == 5
     assert hc.Scenario.from_dict(json.loads(meta[b"hiercompare.scenario"])) == sc
+
+
+def test_cli_simulate_writes_parquet_in_chunks(tmp_path):
+    from hiercompare.cli import main
+
+    out, truth = tmp_path / "sim.parquet", tmp_path / "truth.json"
+    assert main(["simulate", "--out", str(out), "--truth", str(truth), "--seed", "4", "--chunk-rows", "1"]) == 0
+    meta = pq.ParquetFile(out).metadata
+    assert meta.num_rows == 5000 and meta.num_row_groups == 1  # chunk_rows rounds up to whole 65,536-row blocks
+    again = simulate_to_parquet(hc.Scenario(), tmp_path / "again.parquet", seed=4)
+    assert pq.read_table(out).equals(pq.read_table(tmp_path / "again.parquet"))
+    pd.testing.assert_frame_equal(hc.Truth.from_json(truth).tidy(), again.tidy())

@@ -57,7 +57,7 @@ def _cmd_fit(args) -> int:
     if args.scheduler:  # a Dask cluster reads the files and sums its partitions
         import dask.dataframe as dd
 
-        data = dd.read_csv(args.data) if csv else dd.read_parquet(args.data)
+        data = dd.read_csv(args.data) if csv else dd.read_parquet(args.data, split_row_groups=True)
         options["scheduler"] = args.scheduler
     elif args.backend == "native":  # read in batches: memory bounded by groups and columns, not rows
         data = args.data

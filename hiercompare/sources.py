@@ -204,27 +204,38 @@ def _arrow_chunks(obj, columns, kinds, batch_rows, name, labels=()) -> Iterator[
                 if i >= 0 and _arrow_kind(phys.field(i).type) != kinds[c][0]:
                     raise DataError(f"{path}: column {c!r} has type {phys.field(i).type} here but {kinds[c][1]} in "
                                     f"{first or name}; every file must hold the same column types, so convert it")
-        if isinstance(frag, ds.Fragment):
-            # no pre-buffering of whole row groups (it doubled the peak memory and slowed the scan here)
-            extra = ({"fragment_scan_options": ds.ParquetFragmentScanOptions(pre_buffer=False)}
-                     if isinstance(frag, ds.ParquetFileFragment) else {})
-            scanner = ds.Scanner.from_fragment(frag, schema=schema, columns=columns, batch_size=batch_rows,
-                                               batch_readahead=1, fragment_readahead=1, use_threads=True, **extra)
-        else:
-            scanner = ds.Scanner.from_dataset(frag, columns=columns, batch_size=batch_rows, batch_readahead=1)
         start = 0
-        it = iter(scanner.to_batches())
-        while True:
-            try:
-                batch = next(it)
-            except StopIteration:
-                break
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-                raise DataError(f"{path}: a value cannot be read as the model needs it ({exc}); numeric columns "
-                                "must hold numbers in every row, so clean the file or drop the column from the "
-                                "formula") from None
-            yield f"{path} (rows {start}-{start + batch.num_rows - 1})", batch
-            start += batch.num_rows
+        for scanner in _scanners(frag, schema, columns, batch_rows):
+            it = iter(scanner.to_batches())
+            while True:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    break
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                    raise DataError(f"{path}: a value cannot be read as the model needs it ({exc}); numeric columns "
+                                    "must hold numbers in every row, so clean the file or drop the column from the "
+                                    "formula") from None
+                yield f"{path} (rows {start}-{start + batch.num_rows - 1})", batch
+                start += batch.num_rows
+
+
+def _scanners(frag, schema, columns, batch_rows):
+    """Scanners over one fragment. A Parquet file is scanned one row group at a time, without pre-buffering:
+    a scanner over the whole file reads row groups ahead of a slower consumer without bound (1.6 GB resident
+    on a 2.4 GB file of 96 row groups here), so memory holds one row group and one batch."""
+    import pyarrow.dataset as ds
+
+    if isinstance(frag, ds.ParquetFileFragment):
+        opts = ds.ParquetFragmentScanOptions(pre_buffer=False)
+        for rg in frag.split_by_row_group():
+            yield ds.Scanner.from_fragment(rg, schema=schema, columns=columns, batch_size=batch_rows,
+                                           batch_readahead=1, use_threads=True, fragment_scan_options=opts)
+    elif isinstance(frag, ds.Fragment):
+        yield ds.Scanner.from_fragment(frag, schema=schema, columns=columns, batch_size=batch_rows,
+                                       batch_readahead=1, use_threads=True)
+    else:
+        yield ds.Scanner.from_dataset(frag, columns=columns, batch_size=batch_rows, batch_readahead=1)
 
 
 def _arrow_kinds(dataset) -> dict:

@@ -108,18 +108,18 @@ def environ(values: Mapping[str, str | None]) -> Iterator[None]:
     """Set (or, for None, remove) these environment variables while inside; restore them on exit."""
     saved = {k: os.environ.get(k) for k in values}
     try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set(values)
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set(saved)
+
+
+def _set(values: Mapping[str, str | None]) -> None:
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 __all__ = ["SINGLE_THREAD_ENV", "one_thread", "child_environment", "clean_child_environment", "environ"]

@@ -160,16 +160,7 @@ def test_cli_report(report, tmp_path):
 
 
 def test_lightgbm_tree_node_kinds():
-    lgb = pytest.importorskip("lightgbm")
-    rng = np.random.default_rng(0)
-    n = 600
-    X = pd.DataFrame({"x1": rng.normal(size=n), "x2": rng.normal(size=n),
-                      "group_level_1": pd.Categorical(rng.integers(0, 4, n)),
-                      "group_level_2": pd.Categorical(rng.integers(0, 12, n))})
-    y = (2.0 * X["x1"] + np.asarray(X["group_level_1"].cat.codes) + np.sin(3 * X["x2"])
-         + 0.5 * np.asarray(X["group_level_2"].cat.codes) % 3)
-    b = lgb.train({"verbose": -1, "num_leaves": 15, "min_data_in_leaf": 5, "learning_rate": 0.3}, lgb.Dataset(X, y),
-                  num_boost_round=3)
+    lgb, X, y, b = _tree_booster()
     kinds = {"group_level_1": "top group", "group_level_2": "nested group", "x1": "slope"}
     t = plots.tree_nodes(b, 0, feature_kinds=kinds)
     splits = t[t["kind"] != "leaf"]

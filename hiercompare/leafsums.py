@@ -388,7 +388,7 @@ class Sums:
         for coarse, fine in zip(coded, coded[1:]):
             if order[fine[0].factor] < order[coarse[0].factor]:  # reported the way the formula reads, as Hierarchy
                 coarse, fine = fine, coarse
-            (clv, ccode, clab), (flv, fcode, flab) = coarse, fine
+            (clv, ccode, clab), (_, fcode, flab) = coarse, fine
             pairs = pd.DataFrame({"f": fcode, "c": ccode, "cell": np.arange(len(frame))})
             first = pairs.drop_duplicates(["f", "c"])
             bad = first.groupby("f")["c"].nunique()

@@ -181,7 +181,6 @@ def _arrow_chunks(obj, columns, kinds, batch_rows, name, labels=()) -> Iterator[
     Numeric columns that are not ``labels`` are read as float64 whatever each file stores (int64 in one file,
     double in the next), label columns as the dataset's first file has them."""
     import pyarrow as pa
-    import pyarrow.dataset as ds
 
     if type(obj).__name__ == "RecordBatchReader":
         start = 0

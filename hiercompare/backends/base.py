@@ -44,3 +44,11 @@ class Backend:
 
     def versions(self) -> dict[str, str]:
         return {}
+
+
+def reml_or_ml(method) -> str:
+    """The fit method in capitals, ``"REML"`` or ``"ML"`` (any case accepted); anything else is a SpecError."""
+    out = str(method).upper()
+    if out not in ("REML", "ML"):
+        raise SpecError(f"method must be 'REML' or 'ML', got {out!r}")
+    return out

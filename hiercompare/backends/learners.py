@@ -21,6 +21,7 @@ import pandas as pd
 from .. import mixedcore
 from ..design import ModelData, prepare
 from ..errors import DataError, SpecError
+from .base import reml_or_ml
 
 T = TypeVar("T")
 
@@ -29,9 +30,7 @@ class RandomEffects:
     """mixedcore for one ModelData, re-estimated as the offset changes (warm-started at the last theta)."""
 
     def __init__(self, md: ModelData, method: str = "REML"):
-        method = method.upper()
-        if method not in ("REML", "ML"):
-            raise SpecError(f"method must be 'REML' or 'ML', got {method!r}")
+        method = reml_or_ml(method)
         if md.spec.family != "gaussian":
             raise SpecError("the random-effects learners fit the gaussian family only")
         self.md = md

@@ -15,7 +15,7 @@ from .. import rbridge
 from ..design import ModelData
 from ..errors import BackendError, ConvergenceWarning, SpecError
 from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame, wald_interval
-from .base import Backend
+from .base import Backend, reml_or_ml
 
 OPTIMIZERS = ("default", "nloptwrap", "bobyqa", "Nelder_Mead")  # default: lme4's own for lmer / glmer
 
@@ -32,9 +32,7 @@ class Lme4Backend(Backend):
     def fit(self, md: ModelData, method: str = "REML", optimizer: str = "default", **options) -> Fit:
         if options:
             raise TypeError(f"lme4 options are method and optimizer; got {sorted(options)}")
-        method = method.upper()
-        if method not in ("REML", "ML"):
-            raise SpecError(f"method must be 'REML' or 'ML', got {method!r}")
+        method = reml_or_ml(method)
         if optimizer not in OPTIMIZERS:
             raise SpecError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if md.spec.family != "gaussian" and method == "REML":

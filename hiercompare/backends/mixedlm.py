@@ -21,7 +21,7 @@ from ..design import ModelData
 from ..errors import ConvergenceWarning, SpecError
 from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame, wald_interval
 from ..spec import INTERCEPT, ModelSpec
-from .base import Backend
+from .base import Backend, reml_or_ml
 
 BOUNDARY_REL = 1e-4  # an SD below this fraction of the residual SD is reported as a boundary (singular) fit
 
@@ -55,9 +55,7 @@ class MixedLMBackend(Backend):
     def fit(self, md: ModelData, method: str = "REML", **options) -> Fit:
         from statsmodels.regression.mixed_linear_model import MixedLM, MixedLMParams, VCSpec
 
-        method = method.upper()
-        if method not in ("REML", "ML"):
-            raise SpecError(f"method must be 'REML' or 'ML', got {method!r}")
+        method = reml_or_ml(method)
         if options:
             raise TypeError(f"mixedlm options are method; got {sorted(options)}")
         levels = md.hierarchy.levels

@@ -14,7 +14,7 @@ from .. import mixedcore
 from ..design import ModelData
 from ..errors import SpecError
 from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame, wald_interval
-from .base import Backend
+from .base import Backend, reml_or_ml
 
 
 class NativeBackend(Backend):
@@ -25,9 +25,7 @@ class NativeBackend(Backend):
     def fit(self, md: ModelData, method: str = "REML", condvar: str = "full", **options) -> Fit:
         if options:
             raise TypeError(f"native options are method and condvar; got {sorted(options)}")
-        method = method.upper()
-        if method not in ("REML", "ML"):
-            raise SpecError(f"method must be 'REML' or 'ML', got {method!r}")
+        method = reml_or_ml(method)
         if condvar not in ("full", "beta_fixed"):
             raise SpecError(f"condvar must be 'full' or 'beta_fixed', got {condvar!r}")
         core = mixedcore.from_model_data(md)

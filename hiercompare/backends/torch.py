@@ -87,7 +87,7 @@ from ..design import ModelData
 from ..errors import DataError, SpecError
 from ..results import RESIDUAL, Fit, sd_term, tidy_frame
 from ..spec import INTERCEPT
-from .base import Backend
+from .base import Backend, reml_or_ml
 from .learners import RandomEffects, default_features, feature_matrix, subset, validate_then_refit
 from .native import tidy_rows
 
@@ -144,9 +144,7 @@ def _features(md: ModelData, features) -> tuple[str, ...]:
 
 
 def _check_common(md: ModelData, method, hidden, epochs, lr, weight_decay, validation_fraction) -> str:
-    method = str(method).upper()
-    if method not in ("REML", "ML"):
-        raise SpecError(f"method must be 'REML' or 'ML', got {method!r}")
+    method = reml_or_ml(method)
     if not all(int(h) >= 1 for h in hidden):
         raise SpecError(f"hidden must be a sequence of positive layer widths, got {hidden!r}")
     if int(epochs) < 1:

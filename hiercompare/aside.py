@@ -18,6 +18,7 @@ hand-over files, a log and a process group of its own) that did the same in 130 
 """
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -40,7 +41,10 @@ class SecondProcess:
 
         self._t0 = time.perf_counter()
         with clean_child_environment():  # the worker starts in submit(), with this environment
-            self._executor = ProcessPoolExecutor(max_workers=1)
+            # os.setsid: the worker leads a session of its own, as the runner before it did, so with the
+            # kernel's autogroup scheduling it and its forked chains share the cores with this process as one
+            # group instead of as many equal tasks
+            self._executor = ProcessPoolExecutor(max_workers=1, initializer=os.setsid)
             self._future = self._executor.submit(fn, *args)
         self._closed = False
 

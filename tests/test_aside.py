@@ -60,6 +60,11 @@ def test_aside_killed_process_is_a_failure_with_its_exit_code():
     assert got["status"] == "failed" and "died without an answer" in got["reason"] and "-9" in got["reason"], got
 
 
+def test_second_process_leads_its_own_session():
+    # as the runner before it: with autogroup scheduling its chains share the cores with us as one group
+    assert SecondProcess(os.getsid, 0).wait(60) != os.getsid(0)
+
+
 def test_second_process_timeout_cancels_it():
     job = SecondProcess(time.sleep, 30)
     t = time.perf_counter()

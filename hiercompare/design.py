@@ -26,6 +26,11 @@ class FixedColumn:
     term: FixedTerm
     level: str | None = None  # category for a treatment dummy
 
+    @classmethod
+    def dummy(cls, variable: str, level, term: FixedTerm) -> "FixedColumn":
+        """The treatment dummy of ``level`` of a categorical ``variable``: ``x[T.level]``, in R ``xlevel``."""
+        return cls(f"{variable}[T.{level}]", f"{variable}{level}", term, level)
+
 
 @dataclass
 class ModelData:
@@ -168,7 +173,7 @@ def _fixed_design(spec: ModelSpec, frame: pd.DataFrame, categories: dict | None)
             start = 0 if not spec.intercept and not any(m.level is not None for m in meta) else 1
             for lev in levels[start:]:
                 cols.append((values == lev).astype(float))
-                meta.append(FixedColumn(f"{v}[T.{lev}]", f"{v}{lev}", term, lev))
+                meta.append(FixedColumn.dummy(v, lev, term))
             continue
         prod = np.ones(n)
         for v in term.variables:

@@ -423,7 +423,7 @@ def _fixed_columns(spec: ModelSpec, plan: Plan, categories: dict, level_cols: di
         if term.categorical or (len(term.variables) == 1 and plan.kinds[v][0] != NUMERIC):
             start = 0 if not spec.intercept and not any(m.level is not None for m in meta) else 1
             for lev in categories[v][start:]:
-                meta.append(FixedColumn(f"{v}[T.{lev}]", f"{v}{lev}", term, lev))
+                meta.append(FixedColumn.dummy(v, lev, term))
                 base.append(level_cols[v][lev])
             continue
         meta.append(FixedColumn(term.name, term.name, term))

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
-R_PKGS="r-base-core r-base-dev r-cran-lme4 r-cran-brms r-cran-jsonlite r-cran-reticulate r-cran-testthat r-cran-roxygen2"
+R_PKGS="r-base-core r-base-dev r-cran-lme4 r-cran-brms r-cran-jsonlite r-cran-reticulate r-cran-testthat r-cran-roxygen2 r-cran-mlmrev r-cran-lmertest r-cran-pbkrtest"
 SYS_PKGS="libopenblas-dev libboost-dev chromium graphviz"
 
 r_ok() {

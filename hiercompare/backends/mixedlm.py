@@ -52,12 +52,16 @@ class MixedLMBackend(Backend):
                 "a mix of correlated and independent terms needs lme4"
             )
 
-    def fit(self, md: ModelData, method: str = "REML", **options) -> Fit:
+    def fit(self, md: ModelData, method: str = "REML", maxiter: int = 5000, **options) -> Fit:
+        """``maxiter`` caps every optimiser's iterations (statsmodels' ``maxiter``); lower it only to
+        reproduce a fit that stops early (the diagnosis tests do)."""
         from statsmodels.regression.mixed_linear_model import MixedLM, MixedLMParams, VCSpec
 
         method = reml_or_ml(method)
         if options:
-            raise TypeError(f"mixedlm options are method; got {sorted(options)}")
+            raise TypeError(f"mixedlm options are method and maxiter; got {sorted(options)}")
+        if int(maxiter) != maxiter or maxiter < 1:
+            raise SpecError(f"maxiter must be a positive integer, got {maxiter!r}")
         levels = md.hierarchy.levels
         top = levels[0]
         if top.spec.factor != md.spec.levels[0].factor:
@@ -94,7 +98,7 @@ class MixedLMBackend(Backend):
             for opt in (["lbfgs"], ["powell", "lbfgs"], ["nm", "lbfgs"], ["bfgs"]):
                 n_before = len(caught)
                 try:
-                    r = model.fit(reml=method == "REML", method=opt, free=free, maxiter=5000)
+                    r = model.fit(reml=method == "REML", method=opt, free=free, maxiter=int(maxiter))
                 except Exception as exc:  # recorded, next method tried
                     attempts.append(f"{'+'.join(opt)}: {exc}")
                     continue

@@ -181,6 +181,8 @@ def simulate(scenario: Scenario | None = None, seed: int | None = 123) -> tuple[
     >>> sorted(truth.tidy("ran_pars")["group"].unique())
     ['Residual', 'market', 'market:submarket']
     """
+    if isinstance(scenario, DesignScenario):
+        return scenario.simulate(seed)
     sc = scenario or Scenario()
     rng = np.random.default_rng(np.random.SeedSequence(seed))
     parents, labels, effects, leaf_n = _draw_tree(sc, rng)
@@ -353,3 +355,124 @@ def _truth_table(sc: Scenario, labels, effects, noise_sd) -> pd.DataFrame:
     table = tidy_frame(rows)
     table["realized"] = [r.get("realized", np.nan) for r in rows]
     return table
+
+
+# ---------------------------------------------------------------------------------------------------- designs
+def _plain(v):
+    """A JSON-safe Python scalar (numpy scalars -> int/float/str)."""
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+@dataclass(frozen=True, eq=False)
+class DesignScenario:
+    """A user's own design with the parameters of a reference fit: the parametric bootstrap's scenario.
+
+    The rows, the predictors, the tree and every group's size are the user's; each simulation draws new group
+    effects from the reference fit's covariance matrices, new residuals with its residual SD, and a new
+    response ``X beta + sum over levels of Z b + e``. The truth is the reference fit's fixed effects and
+    variance parameters, with the drawn effects' SDs and correlations as ``realized``. Used as a
+    :class:`~hiercompare.study.Study` scenario, so a bootstrap is resumable and runs locally or on Dask.
+    Gaussian family only.
+    """
+
+    formula_text: str
+    data: dict  # column -> list of values (the columns the formula reads), row order kept
+    fixed: dict  # fixed-effect design column -> value
+    ran_pars: tuple  # (group, term, value) of the reference fit's SDs and correlations, Residual included
+    family: str = "gaussian"
+    name: str = "design"
+    reference: str = "native"
+
+    def __post_init__(self):
+        if self.family != "gaussian":
+            raise SpecError(f"the parametric bootstrap on a design draws Gaussian responses; family {self.family!r} "
+                            "is not supported yet")
+
+    def formula(self) -> str:
+        return self.formula_text
+
+    @classmethod
+    def from_fit(cls, fit, data: pd.DataFrame, name: str = "design") -> "DesignScenario":
+        """The design of ``data`` (the rows ``fit`` was fitted on) with ``fit``'s estimates as the truth."""
+        spec = fit.spec
+        cols = {c: [_plain(v) for v in data[c].tolist()] for c in spec.variables}
+        fixed = {str(k): float(v) for k, v in fit.fixef.items()}
+        rp = fit.tidy("ran_pars")
+        pars = tuple((str(r.group), str(r.term), float(r.estimate)) for r in rp.itertuples())
+        return cls(formula_text=spec.formula, data=cols, fixed=fixed, ran_pars=pars, family=spec.family, name=name,
+                   reference=fit.backend)
+
+    def to_dict(self) -> dict:
+        return {"kind": "design", "formula_text": self.formula_text, "data": self.data, "fixed": self.fixed,
+                "ran_pars": [list(p) for p in self.ran_pars], "family": self.family, "name": self.name,
+                "reference": self.reference}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DesignScenario":
+        d = {k: v for k, v in d.items() if k != "kind"}
+        d["ran_pars"] = tuple(tuple(p) for p in d["ran_pars"])
+        return cls(**d)
+
+    def covariance(self, group: str, terms) -> np.ndarray:
+        """The reference covariance matrix of one level's varying terms (absent correlations are 0)."""
+        par = {(g, t): v for g, t, v in self.ran_pars}
+        sd = np.array([par.get((group, sd_term(t)), 0.0) for t in terms])
+        R = np.eye(len(terms))
+        for i in range(len(terms)):
+            for j in range(i + 1, len(terms)):
+                c = par.get((group, cor_term(terms[i], terms[j])), par.get((group, cor_term(terms[j], terms[i]))))
+                if c is not None and np.isfinite(c):
+                    R[i, j] = R[j, i] = c
+        return R * np.outer(sd, sd)
+
+    def simulate(self, seed) -> tuple[pd.DataFrame, Truth]:
+        from .design import prepare
+        from .spec import ModelSpec
+
+        spec = ModelSpec.from_formula(self.formula_text, family=self.family)
+        frame = pd.DataFrame(self.data)
+        md = prepare(spec, frame)
+        rng = np.random.default_rng(np.random.SeedSequence(seed))
+        beta = np.array([self.fixed[n] for n in md.fixed_names])
+        eta = md.X @ beta
+        rows = [dict(effect="fixed", term=n, estimate=self.fixed[n], realized=self.fixed[n]) for n in md.fixed_names]
+        for lv in md.hierarchy.levels:
+            terms = list(lv.spec.terms)
+            cov = self.covariance(lv.group, terms)
+            w, V = np.linalg.eigh(cov)
+            root = V * np.sqrt(np.clip(w, 0, None))  # a square root that allows a singular (boundary) fit
+            b = rng.standard_normal((lv.n_groups, len(terms))) @ root.T
+            eta = eta + np.einsum("ij,ij->i", md.Z[lv.group], b[lv.codes])
+            real_sd = b.std(axis=0, ddof=1) if lv.n_groups > 1 else np.full(len(terms), np.nan)
+            for j, t in enumerate(terms):
+                rows.append(dict(effect="ran_pars", group=lv.group, term=sd_term(t), estimate=np.sqrt(cov[j, j]),
+                                 realized=real_sd[j]))
+            for block in lv.spec.blocks:
+                for a in range(len(block)):
+                    for c in range(a + 1, len(block)):
+                        i, j = terms.index(block[a]), terms.index(block[c])
+                        denom = np.sqrt(cov[i, i] * cov[j, j])
+                        real = np.corrcoef(b[:, i], b[:, j])[0, 1] if lv.n_groups > 2 else np.nan
+                        rows.append(dict(effect="ran_pars", group=lv.group, term=cor_term(terms[i], terms[j]),
+                                         estimate=cov[i, j] / denom if denom > 0 else np.nan, realized=real))
+            for g, lab in enumerate(lv.labels):
+                for j, t in enumerate(terms):
+                    rows.append(dict(effect="ran_vals", group=lv.group, level=lab, term=t, estimate=b[g, j],
+                                     realized=b[g, j]))
+        sigma = {(g, t): v for g, t, v in self.ran_pars}[(RESIDUAL, sd_term("Observation"))]
+        noise = sigma * rng.standard_normal(md.n)
+        rows.append(dict(effect="ran_pars", group=RESIDUAL, term=sd_term("Observation"), estimate=sigma,
+                         realized=float(noise.std(ddof=1))))
+        out = frame.copy()
+        out[spec.response] = eta + noise
+        table = tidy_frame(rows)
+        table["realized"] = [r.get("realized", np.nan) for r in rows]
+        return out, Truth(table=table, scenario={"kind": "design", "name": self.name, "reference": self.reference,
+                                                 "formula": self.formula_text}, seed=seed)
+
+
+def scenario_from_dict(d: dict):
+    """A :class:`Scenario` or a :class:`DesignScenario` from its ``to_dict()``."""
+    return DesignScenario.from_dict(d) if d.get("kind") == "design" else Scenario.from_dict(d)

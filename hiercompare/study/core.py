@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..errors import HierCompareError, StudyError
 from ..provenance import now
-from ..simulate import Scenario
+from ..simulate import DesignScenario, Scenario
 from . import config, storage
 from .units import backend_report, run_unit, unit_seed
 
@@ -28,7 +28,7 @@ class Study:
 
     Parameters
     ----------
-    scenarios : Scenario or sequence of Scenario
+    scenarios : Scenario or sequence of Scenario (or DesignScenario: a user's design, the parametric bootstrap)
         Data-generating processes; their ``name`` labels the results and must be unique.
     replications : int
         Data sets per scenario.
@@ -67,9 +67,9 @@ class Study:
         self.scenarios = tuple(self.scenarios)
         if not self.scenarios:
             raise StudyError("a study needs at least one scenario")
-        bad = [type(s).__name__ for s in self.scenarios if not isinstance(s, Scenario)]
+        bad = [type(s).__name__ for s in self.scenarios if not isinstance(s, (Scenario, DesignScenario))]
         if bad:
-            raise StudyError(f"scenarios must be hiercompare.Scenario objects, got {bad}; "
+            raise StudyError(f"scenarios must be hiercompare.Scenario (or DesignScenario) objects, got {bad}; "
                              "build them with Scenario(...) or Scenario.from_dict(...)")
         names = [s.name for s in self.scenarios]
         dups = sorted({n for n in names if names.count(n) > 1})

@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from typing import Any, Iterator, Sequence
-
-import pandas as pd
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 from ..errors import StudyError
 from ..runenv import clean_child_environment
 from .units import run_unit
 
-Unit = tuple[int, int]
+Unit = Hashable  # a study's (scenario_index, replication); any hashable key for other callers
 
 
-def run_processes(tasks: Sequence[tuple[Unit, dict]], workers: int, mp_context: str) -> Iterator[tuple[Unit, pd.DataFrame]]:
-    """Run ``(unit, task)`` pairs on ``workers`` local processes; yield each unit's rows as it finishes."""
+def run_processes(tasks: Sequence[tuple[Unit, dict]], workers: int, mp_context: str,
+                  fn: Callable[[dict], Any] = run_unit) -> Iterator[tuple[Unit, Any]]:
+    """Run ``(unit, task)`` pairs on ``workers`` local processes; yield each unit's result as it finishes.
+
+    ``fn`` (default :func:`run_unit`, a study's unit) is a module-level function of one task.
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -33,7 +35,7 @@ def run_processes(tasks: Sequence[tuple[Unit, dict]], workers: int, mp_context: 
     with clean_child_environment():  # the pool starts its processes on the first submits
         ex = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx)
         try:
-            futures = {ex.submit(run_unit, task): u for u, task in tasks}
+            futures = {ex.submit(fn, task): u for u, task in tasks}
         except BaseException:
             ex.shutdown(wait=False, cancel_futures=True)
             raise
@@ -65,8 +67,9 @@ def dask_client(scheduler: Any):
                      f"got {type(scheduler).__name__}")
 
 
-def run_dask(client, tasks: Sequence[tuple[Unit, dict]]) -> Iterator[tuple[Unit, pd.DataFrame]]:
-    """Run ``(unit, task)`` pairs on a Dask cluster; yield each unit's rows as it finishes."""
+def run_dask(client, tasks: Sequence[tuple[Unit, dict]], fn: Callable[[dict], Any] = run_unit
+             ) -> Iterator[tuple[Unit, Any]]:
+    """Run ``(unit, task)`` pairs on a Dask cluster; yield each unit's result as it finishes."""
     from distributed import as_completed
 
     threaded = {w: n for w, n in client.nthreads().items() if n > 1}
@@ -79,7 +82,8 @@ def run_dask(client, tasks: Sequence[tuple[Unit, dict]]) -> Iterator[tuple[Unit,
     token = uuid.uuid4().hex[:8]
     futures = {}
     for u, task in tasks:
-        fut = client.submit(run_unit, task, key=f"hiercompare-{token}-s{u[0]}-r{u[1]}", pure=False)
+        name = f"s{u[0]}-r{u[1]}" if isinstance(u, tuple) and len(u) == 2 else uuid.uuid4().hex[:12]
+        fut = client.submit(fn, task, key=f"hiercompare-{token}-{name}", pure=False)
         futures[fut] = u
     try:
         for fut in as_completed(list(futures), loop=client.loop):

@@ -1,8 +1,9 @@
 """One unit of a study: simulate one data set (its seed keyed by scenario and replication) and fit every backend.
 
 This is what a worker runs, wherever it runs (this process, a local worker process, a Dask worker). A fit that
-raises anything becomes ONE row for that backend and unit with empty keys, no estimates, ``converged = False``,
-its time and ``error = "<ExceptionType>: <message>"``; it is never redrawn and never stops the study.
+raises anything becomes ONE row for that backend and unit with empty keys, no estimates, ``converged`` missing
+(nothing ran to assess), its time and ``error = "<ExceptionType>: <message>"``; it is never redrawn and never
+stops the study. ``converged`` of a fit is :attr:`Fit.converged`: missing where the backend does not assess it.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pandas as pd
 from ..errors import HierCompareError
 from ..results import KEY
 from ..runenv import one_thread
-from ..simulate import Scenario, simulate
+from ..simulate import scenario_from_dict, simulate
 from .storage import normalize
 
 WARNING_SEP = " | "
@@ -53,7 +54,7 @@ def unit_seed(base_seed: int, scenario_index: int, replication: int) -> int:
 
 def _error_row(base: dict, backend: str, exc: BaseException, seconds: float, caught=()) -> dict:
     return {**base, "backend": backend, "effect": "", "group": "", "level": "", "term": "",
-            "converged": False, "warnings": WARNING_SEP.join(_warning_texts(caught)), "seconds": seconds,
+            "converged": None, "warnings": WARNING_SEP.join(_warning_texts(caught)), "seconds": seconds,
             "error": f"{type(exc).__name__}: {exc}"}
 
 
@@ -72,8 +73,9 @@ def run_unit(task: Mapping[str, Any]) -> pd.DataFrame:
     Parameters
     ----------
     task : mapping
-        ``scenario`` (a :meth:`Scenario.to_dict`), ``formula``, ``backends``, ``options`` (per backend),
-        ``replication`` and ``seed`` (the unit's integer seed); built by :meth:`Study.task`.
+        ``scenario`` (a :meth:`Scenario.to_dict` or :meth:`DesignScenario.to_dict`), ``formula``, ``backends``,
+        ``options`` (per backend), ``replication`` and ``seed`` (the unit's integer seed); built by
+        :meth:`Study.task`.
 
     Returns
     -------
@@ -81,7 +83,7 @@ def run_unit(task: Mapping[str, Any]) -> pd.DataFrame:
         The unit's rows in :data:`~hiercompare.study.storage.RESULT_COLUMNS` layout (not yet sorted). Failures
         are rows, never raised.
     """
-    sc = Scenario.from_dict(task["scenario"])
+    sc = scenario_from_dict(task["scenario"])
     seed = int(task["seed"])
     base = dict(scenario=sc.name, replication=int(task["replication"]), seed=seed)
     t0 = time.perf_counter()

@@ -1,0 +1,76 @@
+"""The parametric bootstrap on a user's design: DesignScenario draws, and the Study that refits them."""
+import json
+
+import numpy as np
+import pytest
+
+import hiercompare as hc
+from hiercompare.bootstrap import bootstrap_design
+from hiercompare.simulate import DesignScenario, scenario_from_dict
+
+FORMULA = "strength ~ 1 + (1 | batch) + (1 | batch:cask)"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    data = hc.datasets.load("pastes")
+    return data, hc.fit(data, FORMULA, backend="native")
+
+
+def test_design_keeps_the_rows_and_redraws_the_response(reference):
+    data, ref = reference
+    sc = DesignScenario.from_fit(ref, data)
+    again = scenario_from_dict(json.loads(json.dumps(sc.to_dict())))  # what a worker process receives
+    a, truth = hc.simulate(again, seed=5)
+    b, _ = hc.simulate(sc, seed=5)
+    np.testing.assert_array_equal(a["strength"].to_numpy(), b["strength"].to_numpy())
+    assert (a[["batch", "cask"]].to_numpy() == data[["batch", "cask"]].to_numpy()).all()
+    assert not np.allclose(a["strength"], data["strength"])
+    c, _ = hc.simulate(sc, seed=6)
+    assert not np.allclose(a["strength"], c["strength"])
+    # the truth is the reference fit's values, exactly
+    t = truth.tidy(["fixed", "ran_pars"]).set_index(["group", "term"])["estimate"]
+    r = ref.tidy(["fixed", "ran_pars"]).set_index(["group", "term"])["estimate"]
+    np.testing.assert_allclose(t.loc[r.index].to_numpy(), r.to_numpy(), rtol=1e-15)
+
+
+def test_design_draws_have_the_reference_moments(reference):
+    """Over 4000 draws the response's mean is the intercept and its variance the sum of the three variances."""
+    data, ref = reference
+    sc = DesignScenario.from_fit(ref, data)
+    ys = np.array([hc.simulate(sc, seed=s)[0]["strength"].to_numpy() for s in range(4000)])
+    vc = ref.tidy("ran_pars").set_index("group")["estimate"]
+    total = float((vc ** 2).sum())
+    # per row, 4000 draws: the mean's SE is sqrt(total / 4000) = 0.05; allow 5 SEs at the worst of 60 rows
+    assert np.abs(ys.mean(axis=0) - ref.fixef["(Intercept)"]).max() < 5 * np.sqrt(total / 4000)
+    # the pooled variance over rows: SE of a variance from 4000 draws ~ total * sqrt(2 / 4000) per row
+    assert abs(ys.var(axis=0, ddof=1).mean() / total - 1) < 0.05
+    # two casks of one batch share the batch effect: their covariance is the batch variance
+    i, j = data.index[(data.batch == "A") & (data.cask == "a")][0], data.index[(data.batch == "A") & (data.cask == "b")][0]
+    cov = np.cov(ys[:, i], ys[:, j])[0, 1]
+    assert abs(cov - vc["batch"] ** 2) < 0.1 * total
+
+
+def test_bootstrap_refits_every_backend_and_resumes(reference, tmp_path):
+    data, ref = reference
+    out = tmp_path / "boot"
+    first = bootstrap_design(data, ref.spec, ["native", "ols"], 6, seed=3, out=out)
+    s = first["bootstrap_summary"]
+    assert set(s["backend"]) == {"native", "ols"}
+    row = s[(s.backend == "native") & (s.term == "(Intercept)")].iloc[0]
+    assert row["n_rep"] == 6 and row["truth"] == pytest.approx(ref.fixef["(Intercept)"], rel=1e-15)
+    # the same call again reads the part files: identical numbers
+    again = bootstrap_design(data, ref.spec, ["native", "ols"], 6, seed=3, out=out)
+    np.testing.assert_array_equal(again["bootstrap_summary"]["mean_estimate"].to_numpy(),
+                                  s["mean_estimate"].to_numpy())
+    # the fixed intercept of native and ols (sum-to-zero dummies) is the same number on balanced data
+    o = s[(s.backend == "ols") & (s.term == "(Intercept)")].iloc[0]
+    assert o["mean_estimate"] == pytest.approx(row["mean_estimate"], rel=1e-10)
+
+
+def test_design_refuses_other_families(reference):
+    data, ref = reference
+    sc = DesignScenario.from_fit(ref, data).to_dict()
+    sc["family"] = "poisson"
+    with pytest.raises(hc.SpecError, match="Gaussian"):
+        DesignScenario.from_dict(sc)

@@ -165,3 +165,76 @@ hc_report <- function(out_dir) {
   rep <- reticulate::import("hiercompare.report.study")
   as.character(rep$render_study(out_dir))
 }
+
+#' Every backend on your own data: fits, agreement and its diagnosis, model comparison, cross-validation
+#'
+#' Runs `hiercompare compare` (the same command as from a shell) in a separate Python process, so that its R
+#' backends (lme4, lm, brms, which Python reaches through rpy2) run too: they cannot run inside this R session.
+#' The outputs are those of the command: `report.html`, `tables/*.csv` and `results.json` in `out_dir`; running
+#' the same call again into the same folder resumes an interrupted run.
+#'
+#' @param data A data.frame (written to a CSV in `out_dir`; factors as their labels) or the path of a CSV or
+#'   Parquet file.
+#' @param formulas One or more lme4-style formulas as strings; two or more are also compared with each other
+#'   (likelihood-ratio tests, AIC/BIC, cross-validation).
+#' @param backends Backend names, or `NULL` for every registered backend (one that cannot run says why).
+#' @param out_dir The output folder.
+#' @param cv Fold kinds of the grouped cross-validation: `"top"` (leave top-level groups out), `"leaf"`,
+#'   `"rows"`, a grouping factor, or `"none"`.
+#' @param cv_folds Number of folds.
+#' @param bootstrap Parametric bootstrap replications on this design (0: none).
+#' @param method `"REML"` or `"ML"`.
+#' @param family `NULL` (Gaussian), `"binomial"` or `"poisson"`.
+#' @param na_action `"error"` or `"drop"` (rows missing a used value, listed in the report).
+#' @param seed Integer seed.
+#' @return A named list of data.frames, one per table of the report (`fits`, `diagnosis`,
+#'   `likelihood_check`, `information_criteria`, `lrt`, `cv_summary`, ...), with attribute `report` (the path of
+#'   `report.html`).
+#' @examples
+#' \dontrun{
+#' res <- hc_compare_data(mlmRev::Exam, c("normexam ~ standLRT + (1 | school)",
+#'                                        "normexam ~ standLRT + (1 + standLRT | school)"),
+#'                        backends = c("native", "lme4", "mixedlm", "ols"), out_dir = tempfile())
+#' res$diagnosis
+#' }
+#' @export
+hc_compare_data <- function(data, formulas, backends = NULL, out_dir, cv = "top", cv_folds = 5L, bootstrap = 0L,
+                            method = "REML", family = NULL, na_action = "error", seed = 0L) {
+  if (!is.character(formulas) || length(formulas) < 1L || anyNA(formulas)) {
+    stop("formulas must be one or more strings such as \"y ~ x + (1 | g)\"", call. = FALSE)
+  }
+  if (!is.character(out_dir) || length(out_dir) != 1L) stop("out_dir must be one folder path", call. = FALSE)
+  if (!is.null(backends) && (!is.character(backends) || anyNA(backends))) {
+    stop("backends must be NULL or a character vector of backend names", call. = FALSE)
+  }
+  method <- match.arg(toupper(method), c("REML", "ML"))
+  na_action <- match.arg(na_action, c("error", "drop"))
+  dir.create(out_dir, showWarnings = FALSE, recursive = TRUE)
+  if (is.data.frame(data)) {
+    path <- file.path(out_dir, "data.csv")
+    utils::write.csv(data, path, row.names = FALSE)
+  } else if (is.character(data) && length(data) == 1L && file.exists(data)) {
+    path <- normalizePath(data)
+  } else {
+    stop("data must be a data.frame or the path of an existing CSV or Parquet file", call. = FALSE)
+  }
+  hc_module()
+  python <- reticulate::py_config()$python
+  args <- c("-m", "hiercompare.cli", "compare", shQuote(path), as.vector(rbind("--formula", shQuote(formulas))),
+            "--out", shQuote(out_dir), "--cv", shQuote(paste(cv, collapse = ",")),
+            "--cv-folds", as.integer(cv_folds), "--bootstrap", as.integer(bootstrap), "--method", method,
+            "--na-action", na_action, "--seed", as.integer(seed))
+  if (!is.null(backends)) args <- c(args, "--backends", shQuote(paste(backends, collapse = ",")))
+  if (!is.null(family)) args <- c(args, "--family", shQuote(family))
+  status <- system2(python, args)
+  if (!identical(as.integer(status), 0L)) {
+    stop("hiercompare compare failed (exit status ", status, "); its message is above", call. = FALSE)
+  }
+  files <- list.files(file.path(out_dir, "tables"), pattern = "[.]csv$", full.names = TRUE)
+  out <- lapply(files, function(f) {
+    if (file.size(f) <= 1L) data.frame() else utils::read.csv(f, stringsAsFactors = FALSE, check.names = FALSE)
+  })
+  names(out) <- sub("[.]csv$", "", basename(files))
+  attr(out, "report") <- file.path(out_dir, "report.html")
+  out
+}

@@ -23,6 +23,7 @@ from .spec import ModelSpec
 
 # names imported on first use: attribute -> (module, attribute or None for the module itself)
 _LAZY = {"Study": ("hiercompare.study", "Study"), "demo": ("hiercompare.demo", None),
+         "compare_data": ("hiercompare.datacompare", "compare_data"), "datasets": ("hiercompare.datasets", None),
          "study": ("hiercompare.study", None), "report": ("hiercompare.report", None),
          "aside": ("hiercompare.aside", None)}
 
@@ -43,7 +44,7 @@ def __dir__():
 
 __all__ = [
     "__version__", "simulate", "fit", "compare", "recovery", "backends", "available_backends",
-    "Study", "performance", "ModelSpec", "Scenario", "LevelScenario", "Hierarchy", "Fit", "Truth",
+    "Study", "compare_data", "datasets", "performance", "ModelSpec", "Scenario", "LevelScenario", "Hierarchy", "Fit", "Truth",
     "HierCompareError", "SpecError", "DataError", "NestingError", "CrossedFactorsError", "BackendUnavailable", "BackendError",
     "StudyError",
     "ConvergenceWarning",

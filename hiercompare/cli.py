@@ -1,4 +1,4 @@
-"""Command line: ``hiercompare demo | simulate | fit | study | report | backends``."""
+"""Command line: ``hiercompare demo | simulate | fit | compare | study | report | backends``."""
 from __future__ import annotations
 
 import argparse
@@ -48,6 +48,7 @@ def _cmd_fit(args) -> int:
     import pandas as pd
 
     from .fitting import fit
+    from .results import convergence_text
     from .sources import write_predictions
 
     options = {}
@@ -70,13 +71,38 @@ def _cmd_fit(args) -> int:
     if not args.out:
         print(text)
     else:
-        print(f"{args.backend}: fitted in {f.timing['fit_seconds']:.2f} s; wrote {args.out}", file=sys.stderr)
+        print(f"{args.backend}: fitted in {f.timing['fit_seconds']:.2f} s (converged: "
+              f"{convergence_text(f.converged)}); wrote {args.out}", file=sys.stderr)
     if args.predictions:
         res = write_predictions(f, data if args.scheduler else args.data, args.predictions, what="decompose",
                                 keep=f.spec.grouping_variables, batch_rows=args.batch_rows,
                                 scheduler=args.scheduler)
         print(f"wrote the decomposition of {res['rows']} rows to {res['path']} (labels unseen in fitting, per "
               f"level: {res['unseen']})", file=sys.stderr)
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .datacompare import compare_data
+    from .datasets import DATASETS, path as dataset_path
+
+    data = args.data
+    if not os.path.exists(data) and data in DATASETS:  # a shipped public data set by name
+        data = str(dataset_path(data))
+    formulas = args.formula or (list(DATASETS[args.data].formulas) if args.data in DATASETS else None)
+    if not formulas:
+        raise SystemExit("hiercompare compare: give at least one --formula")
+    cv = None if args.cv in ("none", "") else args.cv.split(",")
+    comp = compare_data(data, formulas, backends=args.backends.split(",") if args.backends else None,
+                        family=args.family, method=args.method.upper(), out=args.out, cv=cv, cv_folds=args.cv_folds,
+                        cv_backends=args.cv_backends.split(",") if args.cv_backends else None,
+                        bootstrap=args.bootstrap, workers=args.workers, scheduler=args.scheduler, seed=args.seed,
+                        na_action=args.na_action, allfit=args.allfit)
+    diag = comp.tables.get("diagnosis")
+    n_unexplained = int((~diag["explained"].astype(bool)).sum()) if diag is not None and not diag.empty else 0
+    print(f"{len(comp.results['formulas'])} formula(s) x {len(comp.results['backends'])} backend(s); "
+          f"{n_unexplained} unexplained disagreement(s); report: {os.path.join(args.out, 'report.html')}",
+          file=sys.stderr)
     return 0
 
 
@@ -148,6 +174,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Parquet file (a folder with --scheduler) for the decomposition of every row of --data, "
                         "written batch by batch in the data's row order")
     f.set_defaults(func=_cmd_fit)
+
+    c = sub.add_parser("compare", help="fit every backend on your data, explain each disagreement, compare "
+                                        "formulas (LRT, AIC/BIC, LOO, grouped CV), write a report")
+    c.add_argument("data", help="CSV or Parquet file (or the name of a shipped data set: exam, egsingle, dietox, "
+                                "oats, pastes)")
+    c.add_argument("--formula", action="append", default=None,
+                   help="an lme4-style formula; repeat for more (default for a shipped data set: its two)")
+    c.add_argument("--backends", default=None, help="comma-separated backends, or 'all' (default: all)")
+    c.add_argument("--family", choices=["gaussian", "binomial", "poisson"], default=None)
+    c.add_argument("--method", choices=["reml", "ml", "REML", "ML"], default="REML")
+    c.add_argument("--out", default="compare_out", help="output folder; rerun into it to resume (default: compare_out)")
+    c.add_argument("--cv", default="top",
+                   help="grouped CV fold kinds, comma-separated: top (leave top-level groups out), leaf, rows, a "
+                        "grouping factor, or none (default: top)")
+    c.add_argument("--cv-folds", type=int, default=5)
+    c.add_argument("--cv-backends", default=None,
+                   help="backends in the CV (default: native, lme4, mixedlm, ols, lightgbm among --backends)")
+    c.add_argument("--bootstrap", type=int, default=0, help="parametric bootstrap replications on this design")
+    c.add_argument("--workers", type=int, default=1, help="local worker processes for the fits (default 1)")
+    c.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--na-action", choices=["error", "drop"], default="error",
+                   help="rows missing a used value: an error, or dropped (and listed in the report)")
+    c.add_argument("--allfit", action="store_true", help="refit lme4 under every optimizer where it disagrees")
+    c.set_defaults(func=_cmd_compare)
 
     st = sub.add_parser("study", help="run (or resume) a simulation study from a TOML config")
     st.add_argument("config", help="TOML file: [study], [[scenario]], [options.<backend>] (see validation/)")

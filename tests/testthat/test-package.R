@@ -1,6 +1,6 @@
 test_that("library(hiercompare) exports the hc_* functions, each documented", {
   exports <- sort(getNamespaceExports("hiercompare"))
-  expect_equal(exports, sort(c("hc_module", "hc_df", "hc_simulate", "hc_fit", "hc_tidy", "hc_compare",
+  expect_equal(exports, sort(c("hc_module", "hc_df", "hc_simulate", "hc_fit", "hc_tidy", "hc_compare", "hc_compare_data",
                                "hc_study", "hc_report")))
   for (f in exports) expect_true(is.function(get(f, envir = asNamespace("hiercompare"))), label = f)
   topics <- names(readRDS(system.file("help", "aliases.rds", package = "hiercompare")))

@@ -1,0 +1,156 @@
+"""hiercompare compare / hc.compare_data on real data: outputs, resume, refusals, bad input, the browser."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hiercompare as hc
+from hiercompare.cli import main
+from hiercompare.datacompare import clean_rows, compare_data, describe_tree
+from hiercompare.design import prepare
+from hiercompare.spec import ModelSpec
+
+FORMULAS = list(hc.datasets.info("pastes").formulas)
+BACKENDS = ["native", "ols", "mixedlm"]
+
+
+@pytest.fixture(scope="module")
+def pastes_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "pastes"
+    said = []
+    comp = compare_data(hc.datasets.path("pastes"), FORMULAS, backends=BACKENDS, out=out, cv="top", cv_folds=3,
+                        seed=1, progress=said.append)
+    return comp, out, said
+
+
+def test_outputs_are_written_and_agree_with_the_fits(pastes_run):
+    comp, out, _ = pastes_run
+    assert (out / "report.html").stat().st_size > 10_000
+    res = json.loads((out / "results.json").read_text())
+    assert res["formulas"] == FORMULAS and res["nobs"] == 60
+    for name, df in comp.tables.items():  # every table of the report is a CSV and in results.json
+        assert (out / "tables" / f"{name}.csv").exists(), name
+        assert len(res["tables"][name]) == len(df), name
+    # the fits table: 2 formulas x 3 backends, all ok
+    fits = comp.table("fits")
+    assert len(fits) == 6 and (fits["status"] == "ok").all()
+    # estimates are the fits' own tidy rows
+    f = hc.fit(hc.datasets.load("pastes"), FORMULAS[0], backend="native")
+    est = comp.table("estimates")
+    mine = est[(est.formula == FORMULAS[0]) & (est.backend == "native")]
+    np.testing.assert_allclose(mine["estimate"].to_numpy(), f.tidy()["estimate"].to_numpy(), rtol=1e-10)
+    # the tree: 10 batches of 6 rows, 30 casks of 2, three casks per batch
+    tree = comp.table("data_tree")
+    t0 = tree[tree.formula == FORMULAS[0]].set_index("level")
+    assert t0.loc["batch", "groups"] == 10 and t0.loc["batch", "rows_min"] == 6
+    assert t0.loc["batch:cask", "groups"] == 30 and t0.loc["batch:cask", "children_max"] == 3
+    # the model comparison: one LRT between the nested formulas, on the boundary
+    lrt = comp.table("lrt")
+    assert len(lrt) == 1 and "chi-bar" in lrt["note"].iloc[0]
+    ic = comp.table("information_criteria")
+    assert set(ic["formula"]) == set(FORMULAS)
+
+
+def test_a_rerun_resumes_every_step_and_gives_the_same_tables(pastes_run):
+    comp, out, _ = pastes_run
+    said = []
+    again = compare_data(hc.datasets.path("pastes"), FORMULAS, backends=BACKENDS, out=out, cv="top", cv_folds=3,
+                         seed=1, progress=said.append)
+    assert any("6 step(s) found done" in s for s in said), said
+    assert not any("fitting in a second process" in s or s.strip().startswith("[1/") for s in said)
+    for name in ("estimates", "cv_summary", "lrt", "likelihood_check"):
+        pd.testing.assert_frame_equal(again.table(name), comp.table(name), check_exact=False, rtol=1e-14)
+
+
+def test_a_folder_holding_another_comparison_is_refused(pastes_run):
+    _, out, _ = pastes_run
+    with pytest.raises(hc.HierCompareError, match="different comparison.*formulas"):
+        compare_data(hc.datasets.path("pastes"), FORMULAS[:1], backends=BACKENDS, out=out, cv="top", cv_folds=3,
+                     seed=1, progress=lambda m: None)
+
+
+def test_missing_values_are_an_error_or_dropped_and_listed():
+    data = hc.datasets.load("dietox")  # 72 rows miss Feed
+    specs = [ModelSpec.from_formula("Weight ~ Feed + (1 | Litter)")]
+    with pytest.raises(hc.DataError, match="72 of 861 rows.*Feed.*na_action='drop'"):
+        clean_rows(data, specs)
+    rows, dropped = clean_rows(data, specs, na_action="drop")
+    assert len(rows) == 861 - 72
+    assert dropped.set_index("column").loc["Feed", "rows_missing"] == 72
+    # an unused column's missing values drop nothing
+    rows, dropped = clean_rows(data, [ModelSpec.from_formula("Weight ~ Time + (1 | Litter)")])
+    assert len(rows) == 861 and dropped.empty
+
+
+def test_bad_input_names_the_problem(tmp_path):
+    data = hc.datasets.load("pastes")
+    with pytest.raises(hc.DataError, match="column.*'nope'"):
+        compare_data(data, "strength ~ nope + (1 | batch)", backends=["native"], cv=None, progress=lambda m: None)
+    with pytest.raises(hc.SpecError, match="unknown backend"):
+        compare_data(data, FORMULAS, backends=["native", "stan"], cv=None, progress=lambda m: None)
+    with pytest.raises(hc.SpecError, match="more than once"):
+        compare_data(data, [FORMULAS[0], FORMULAS[0]], backends=["native"], cv=None, progress=lambda m: None)
+    with pytest.raises(hc.SpecError, match="cv level 'county'"):
+        compare_data(data, FORMULAS, backends=["native"], cv="county", progress=lambda m: None)
+    bad = data.assign(batch=data["batch"].where(data.index != 0, "B"))  # sample A:a now also under batch B
+    with pytest.raises(hc.NestingError, match="sample"):
+        compare_data(bad, "strength ~ 1 + (1 | batch) + (1 | sample)", backends=["native"], cv=None,
+                     progress=lambda m: None)
+
+
+def test_an_unavailable_or_inapplicable_backend_is_a_row_with_its_reason():
+    data = hc.datasets.load("pastes")
+    comp = compare_data(data, FORMULAS[0], backends=["native", "torch-embed"], cv=None, progress=lambda m: None,
+                        family="gaussian")
+    fits = comp.table("fits").set_index("backend")
+    assert fits.loc["native", "status"] == "ok"
+    assert fits.loc["torch-embed", "status"] in ("ok", "unavailable", "not applicable", "failed")
+    if fits.loc["torch-embed", "status"] != "ok":
+        assert len(fits.loc["torch-embed", "reason"]) > 10
+
+
+def test_describe_tree_counts_singletons():
+    data = pd.DataFrame({"y": np.arange(7.0), "g": list("aabbbcd")})
+    md = prepare(ModelSpec.from_formula("y ~ 1 + (1 | g)"), data)
+    t = describe_tree(md, "f").iloc[0]
+    assert (t["groups"], t["rows_min"], t["rows_max"], t["singletons"]) == (4, 1, 3, 2)
+
+
+def test_cli_compare_on_a_shipped_data_set(tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["compare", "pastes", "--backends", "native,ols", "--cv", "none", "--out", str(out)])
+    assert code == 0
+    fits = pd.read_csv(out / "tables" / "fits.csv")
+    assert sorted(fits["formula"].unique()) == sorted(FORMULAS)  # the data set's two formulas by default
+    assert "unexplained disagreement" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_report_in_headless_chromium(pastes_run, tmp_path):
+    from test_study_report import _PROBE, _browse, _chromium, _console_errors, _probe
+
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("headless Chromium is not installed (Debian package `chromium`; scripts/install.sh installs it)")
+    _, out, _ = pastes_run
+    html = (out / "report.html").read_text()
+    page = tmp_path / "probe.html"
+    page.write_text(html.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
+    dom, err = _browse(chromium, page, tmp_path / "profile")
+    n, ok = _probe(dom)
+    assert ok == n
+    assert not _console_errors(err), _console_errors(err)
+    for section in ("1. Look here first", "2. The data", "3. Fits", "4. Agreement", "5. Model comparison",
+                    "6. Cross-validation", "7. Pictures"):
+        assert section in dom, section
+
+
+def test_labels_are_escaped_in_the_report(tmp_path):
+    data = hc.datasets.load("pastes")
+    data["batch"] = data["batch"].map(lambda b: f"<script>alert('{b}')</script>")
+    comp = compare_data(data, FORMULAS[0], backends=["native", "ols"], cv=None, out=tmp_path / "x",
+                        progress=lambda m: None)
+    html = (tmp_path / "x" / "report.html").read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;alert" in html
+    assert len(comp.table("fits")) == 2

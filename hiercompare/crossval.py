@@ -74,10 +74,11 @@ LPD_DEFINITION = (
     "recorded per fold in variance_source: sigma^2 from the training residuals (mean squared residual) when the "
     "fit has no Residual SD, and for a level without SDs the empirical covariance of the fit's own group "
     "deviations (ran_vals) at that level (ols: no-pooling dummy deviations; lightgbm-cat, torch-embed: their "
-    "descriptive contrasts), which includes their estimation noise. Binomial / Poisson: "
-    "log of the integral of p(y | eta) over eta ~ N(eta_hat, sum of z' Sigma_level z over the unseen levels) "
-    "(adaptive Gauss-Hermite, 40 nodes; the plug-in p(y | eta_hat) where every group was seen). lpd_mean is the mean "
-    "over a fold's held-out rows; lpd in the summary is the mean of the folds' lpd_mean."
+    "descriptive contrasts, and their Residual SD is the training RMSE), which includes their estimation "
+    "noise. Binomial / Poisson: log of the integral of p(y | eta) over eta ~ N(eta_hat, sum of z' Sigma_level z "
+    "over the unseen levels) (adaptive Gauss-Hermite, 40 nodes; the plug-in p(y | eta_hat) where every group was "
+    "seen). lpd_mean is the mean over a fold's held-out rows; lpd in the summary is the mean of the folds' "
+    "lpd_mean."
 )
 RMSE_DEFINITION = ("sqrt(mean((y - prediction)^2)) over a fold's held-out rows, prediction = Fit.predict(type="
                    "'response'): population level (deviation 0) at every level where the row's group is unseen")
@@ -266,8 +267,9 @@ class CVResult:
     Attributes
     ----------
     folds : DataFrame
-        One row per backend and fold: ``backend, fold, n_train, n_test, n_test_groups, n_test_unseen`` (held-out
-        rows whose group is new at one level or more), ``rmse, lpd_mean`` (and ``log_loss`` or ``deviance`` for
+        One row per backend and fold: ``backend, fold, n_train, n_test, n_test_groups`` (held-out groups at the
+        fold level; for ``rows``, the leaf groups the held-out rows belong to), ``n_test_unseen`` (held-out rows
+        whose group is new at one level or more), ``rmse, lpd_mean`` (and ``log_loss`` or ``deviance`` for
         binomial / poisson), ``fit_seconds, status`` (ok | error | unavailable | skipped), ``reason``,
         ``converged``, ``variance_source`` (where the predictive variance came from), ``warnings``.
     summary : DataFrame

@@ -300,3 +300,40 @@ def test_glmm_log_density_against_quadrature(family):
         want, _ = integrate.quad(lambda e: p(y[i], e) * stats.norm.pdf(e, eta[i], sd), eta[i] - 12 * sd,
                                  eta[i] + 12 * sd, epsabs=1e-13)
         assert abs(got[i] - np.log(want)) < 1e-8
+
+
+def test_torch_runs_in_cv_when_asked_for(small):
+    cv = cross_validate(small, FORMULA, backends=["torch"], level="market", k=2, seed=0,
+                        options={"torch": {"epochs": 10, "hidden": (4,), "validation_fraction": 0.0}})
+    assert (cv.folds["status"] == "ok").all(), cv.folds["reason"].tolist()
+    s = cv.summary.set_index("backend")
+    assert s.loc["torch", "opt_in"] and s.loc["torch", "n_folds_ok"] == 2
+    assert set(s.index[s["status"] == "not run"]) == {"pymc", "brms"}
+
+
+@pytest.mark.r
+def test_binomial_cv_with_lme4_log_loss_and_lpd_by_hand():
+    sc = hc.Scenario(family="binomial", n_obs=(5, 15),
+                     levels=(hc.LevelScenario("market", 8, {"(Intercept)": 0.8}, label="M{i}"),
+                             hc.LevelScenario("submarket", (1, 3), {"(Intercept)": 0.4}, label="S{i}")))
+    data, _ = hc.simulate(sc, seed=2)
+    f = "y ~ x1 + x2 + (1 | market) + (1 | market:submarket)"
+    cv = cross_validate(data, f, backends=["lme4", "native"], level="market", k=3, family="binomial")
+    lme4 = cv.folds[cv.folds["backend"] == "lme4"]
+    assert (lme4["status"] == "ok").all(), lme4["reason"].tolist()
+    assert (cv.folds.loc[cv.folds["backend"] == "native", "status"] == "skipped").all()
+    pt = cv.pointwise[cv.pointwise["fold"] == 0]
+    p = pt["prediction"].to_numpy()
+    y = pt["y"].to_numpy()
+    assert abs(lme4["log_loss"].iloc[0] - np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p)))) < 1e-12
+    # a new market and submarket: the Bernoulli density integrated over N(eta, sd_m^2 + sd_s^2)
+    train, test = grouped_folds(data, f, "market", k=3, seed=0)[0]
+    fit = hc.fit(data.iloc[train], f, backend="lme4", family="binomial")
+    sd = fit.varcorr.set_index(["group", "term"])["estimate"]
+    v = sd[("market", "sd__(Intercept)")] ** 2 + sd[("market:submarket", "sd__(Intercept)")] ** 2
+    eta = np.log(p[0] / (1 - p[0]))
+    s = np.sqrt(v)
+    want, _ = integrate.quad(lambda e: stats.bernoulli.pmf(y[0], 1 / (1 + np.exp(-e))) * stats.norm.pdf(e, eta, s),
+                             eta - 12 * s, eta + 12 * s, epsabs=1e-13)
+    assert abs(pt["lpd"].iloc[0] - np.log(want)) < 1e-7
+    assert abs(pt["predictive_var"].iloc[0] - v) < 1e-8

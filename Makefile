@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python bench/study.py bench_out/study.json
 	$(BIN)/python bench/demo.py bench_out/demo.json
 	$(BIN)/python bench/stream.py bench_out/stream.json
+	$(BIN)/python bench/compare.py bench_out/compare.json
 
 # Regenerate every recorded validation study (validation/*.toml -> validation/<name>_out: results.parquet,
 # manifest.json, performance.csv, report.html, report_tables/); the part files are dropped afterwards.

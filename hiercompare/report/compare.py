@@ -126,6 +126,13 @@ def render_compare(results: dict, figures: list[dict] | None = None) -> str:
         unexplained = [{"formula": r.get("formula", ""), "pair": r.get("pair", ""), "cause": r.get("cause", ""),
                         "explanation": r.get("explanation", "")} for r in u.to_dict("records")]
     tables = {name: _table(results, name) for name in SHOWN}
+    # the diagnosis: disagreements (and flags) first; pairs that estimate different things (info) folded below
+    d_all = results.get("tables", {}).get("diagnosis", [])
+    is_info = [bool(r.get("info")) and not r.get("n_disagree") for r in d_all]
+    tables["diagnosis_info"] = _table({"tables": {"diagnosis": [r for r, i in zip(d_all, is_info) if i]}},
+                                      "diagnosis")
+    tables["diagnosis"] = _table({"tables": {"diagnosis": [r for r, i in zip(d_all, is_info) if not i]}},
+                                 "diagnosis")
     prov = results.get("provenance", {})
     provenance_rows = [{"key": k, "value": json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)}
                        for k, v in prov.items()]

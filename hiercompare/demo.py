@@ -19,7 +19,7 @@ from .errors import HierCompareError
 from .fitting import fit
 from .provenance import git_commit
 from .recovery import recovery
-from .results import _json_default
+from .results import _json_default, convergence_text
 from .simulate import Scenario, simulate
 
 
@@ -107,7 +107,7 @@ def run_demo(
                 say(f"    FAILED: {exc}")
                 continue
             outcome[name] = {"status": "ok", "fit": f}
-            say(f"    done in {f.timing['fit_seconds']:.2f} s (converged={f.converged}, "
+            say(f"    done in {f.timing['fit_seconds']:.2f} s (converged={convergence_text(f.converged)}, "
                 f"singular={f.diagnostics['singular']})")
         for name, job in aside.items():
             say(f"waiting for {name} (second process) ...")
@@ -117,7 +117,7 @@ def run_demo(
             if got["status"] == "ok":
                 f = got["fit"]
                 say(f"    {name} done in {f.timing['fit_seconds']:.2f} s in its process (waited {job.waited:.1f} s; "
-                    f"converged={f.converged}, singular={f.diagnostics['singular']})")
+                    f"converged={convergence_text(f.converged)}, singular={f.diagnostics['singular']})")
                 for w in dict.fromkeys(f.diagnostics.get("warnings", []) + got.get("warnings", [])):
                     say(f"    {name}: {w}")
             else:

@@ -93,7 +93,7 @@ def fit(
         result = be.fit(md, **options)
     t2 = time.perf_counter()
     diag = result.diagnostics
-    diag.setdefault("converged", True)
+    diag.setdefault("converged", None)  # None: this backend does not assess convergence (never assumed True)
     diag.setdefault("singular", False)
     diag.setdefault("warnings", [])
     diag["notes"] = list(md.notes) + list(diag.get("notes", []))

@@ -17,13 +17,16 @@ modse               :math:`\\sqrt{\\frac1m\\sum s_i^2}` (model SEs)       :math:
 rel_error_modse     modse / empse - 1 (fraction, not %)                :math:`\\frac{\\mathrm{modse}}{\\mathrm{empse}}\\sqrt{\\frac{\\widehat{\\mathrm{Var}}(s^2)}{4m\\,\\mathrm{modse}^4}+\\frac{1}{2(n-1)}}`
 coverage            share of 95% intervals containing :math:`\\theta`   :math:`\\sqrt{p(1-p)/c}`
 be_coverage         share of intervals containing :math:`\\bar\\theta`  :math:`\\sqrt{p(1-p)/c}`
-convergence         share of attempted fits that converged             :math:`\\sqrt{p(1-p)/N}`
+convergence         share of assessed fits that converged              :math:`\\sqrt{p(1-p)/N}`
 ==================  =================================================  ==============================================
 
 ``m`` counts the replications with a model SE, :math:`\\widehat{\\mathrm{Var}}(s^2) = \\sum(s_i^2 -
 \\overline{s^2})^2/(m-1)`; ``c`` counts those with both interval ends; ``N`` counts every attempted fit of
-that backend in that scenario (failed fits included). A failed fit (non-empty ``error``) never enters the
-other measures; with ``converged_only=True`` neither do fits that reported non-convergence.
+that backend in that scenario whose convergence was assessed (failed fits included, fits whose ``converged``
+is missing, "not assessed" by the backend, left out). Where fits ran and none of them was assessed (ols, r_lm
+and the naive baselines do not assess convergence) ``convergence`` is NaN: not assessed, never assumed. A failed fit
+(non-empty ``error``) never enters the other measures; with ``converged_only=True`` neither do fits that
+reported non-convergence (``converged`` False; not-assessed fits stay).
 
 The target is the generating value (column ``truth``) by default, or with ``target="realized"`` the value
 realised in each data set (for ``ran_pars``: the SD or correlation of the group effects actually drawn).
@@ -76,6 +79,24 @@ def _binomial(hits: np.ndarray) -> tuple[float, float]:
         return np.nan, np.nan
     p = float(np.mean(hits))
     return p, float(np.sqrt(p * (1 - p) / n))
+
+
+def convergence_rate(ok, not_assessed, failed=None) -> tuple[float, float]:
+    """Share of attempted fits that converged, and its binomial MCSE, over the fits whose convergence was
+    assessed (a failed fit counts as not converged); NaN where fits ran and none of them was assessed (the
+    backend does not assess convergence: its failures alone are no convergence rate).
+
+    >>> convergence_rate([True, False, False, False], [False, False, True, True])
+    (0.5, 0.3535533905932738)
+    >>> convergence_rate([False, False, False], [True, True, False], failed=[False, False, True])
+    (nan, nan)
+    """
+    ok = np.asarray(ok, dtype=bool)
+    not_assessed = np.asarray(not_assessed, dtype=bool)
+    failed = np.zeros_like(ok) if failed is None else np.asarray(failed, dtype=bool)
+    if not_assessed.any() and not (~failed & ~not_assessed).any():
+        return np.nan, np.nan
+    return _binomial(ok[~not_assessed])
 
 
 def replication_measures(
@@ -294,17 +315,20 @@ def performance(results: pd.DataFrame, target: str = "truth", converged_only: bo
     df = results.copy()
     err_text = df["error"].fillna("").astype(str)
     failed = err_text != ""
-    conv = df["converged"].astype("boolean").fillna(False).astype(bool) & ~failed
-    df["_ok"] = conv
+    conv = df["converged"].astype("boolean")
+    df["_ok"] = conv.fillna(False).astype(bool) & ~failed
+    df["_not_assessed"] = conv.isna().to_numpy() & ~failed
     # convergence: one outcome per attempted fit (scenario, replication, backend)
-    fits = df.groupby(["scenario", "replication", "backend"], sort=False)["_ok"].all().reset_index()
+    df["_failed"] = failed
+    fits = df.groupby(["scenario", "replication", "backend"], sort=False).agg(
+        ok=("_ok", "all"), not_assessed=("_not_assessed", "all"), failed=("_failed", "any")).reset_index()
     conv_rate = {}
     for (sc, be), sub in fits.groupby(["scenario", "backend"], sort=False):
-        p, se = _binomial(sub["_ok"].to_numpy())
+        p, se = convergence_rate(sub["ok"].to_numpy(), sub["not_assessed"].to_numpy(), sub["failed"].to_numpy())
         conv_rate[(sc, be)] = (len(sub), p, se)
     usable = df[~failed & df["estimate"].notna() & df[target].notna()]
     if converged_only:
-        usable = usable[usable["_ok"]]
+        usable = usable[usable["_ok"] | usable["_not_assessed"]]
     rows = []
     for key, sub in usable.groupby(CELL, sort=True):
         sc, be, effect = key[0], key[1], key[2]
@@ -344,8 +368,10 @@ def fit_summary(results: pd.DataFrame) -> pd.DataFrame:
     -------
     DataFrame
         ``scenario``, ``backend``, ``n_rep`` (attempted fits), ``n_failed`` (raised an error),
-        ``n_not_converged`` (fitted but reported non-convergence), ``convergence`` and its binomial
-        ``convergence_mcse``, ``seconds_mean``, ``seconds_median`` (per fit) and ``first_error``.
+        ``n_not_converged`` (fitted but reported non-convergence), ``n_not_assessed`` (fitted by a backend that
+        does not assess convergence: ``converged`` missing), ``convergence`` (over the assessed fits; NaN when
+        none was) and its binomial ``convergence_mcse``, ``seconds_mean``, ``seconds_median`` (per fit) and
+        ``first_error``.
 
     Examples
     --------
@@ -356,17 +382,21 @@ def fit_summary(results: pd.DataFrame) -> pd.DataFrame:
         raise DataError("fit_summary() needs the 'seconds' column of a Study's results table")
     df = results.copy()
     df["_failed"] = df["error"].fillna("").astype(str) != ""
-    df["_conv"] = df["converged"].astype("boolean").fillna(False).astype(bool)
+    conv = df["converged"].astype("boolean")
+    df["_conv"] = conv.fillna(False).astype(bool)
+    df["_na"] = conv.isna().to_numpy()
     per_fit = df.groupby(["scenario", "replication", "backend"], sort=True).agg(
-        failed=("_failed", "any"), conv=("_conv", "all"), seconds=("seconds", "first"),
+        failed=("_failed", "any"), conv=("_conv", "all"), na=("_na", "all"), seconds=("seconds", "first"),
         error=("error", lambda e: next((x for x in e if x), ""))).reset_index()
     rows = []
     for (sc, be), sub in per_fit.groupby(["scenario", "backend"], sort=True):
+        not_assessed = (~sub["failed"] & sub["na"]).to_numpy()
         ok = (~sub["failed"] & sub["conv"]).to_numpy()
-        p, se = _binomial(ok)
+        p, se = convergence_rate(ok, not_assessed, sub["failed"].to_numpy())
         errs = [e for e in sub["error"] if e]
         rows.append(dict(scenario=sc, backend=be, n_rep=len(sub), n_failed=int(sub["failed"].sum()),
-                         n_not_converged=int((~sub["failed"] & ~sub["conv"]).sum()), convergence=p,
+                         n_not_converged=int((~sub["failed"] & ~sub["conv"] & ~sub["na"]).sum()),
+                         n_not_assessed=int(not_assessed.sum()), convergence=p,
                          convergence_mcse=se, seconds_mean=float(sub["seconds"].mean()),
                          seconds_median=float(sub["seconds"].median()), first_error=errs[0] if errs else ""))
     return pd.DataFrame(rows)
@@ -392,4 +422,4 @@ def performance_long(perf: pd.DataFrame) -> pd.DataFrame:
 
 
 __all__ = ["performance", "performance_long", "fit_summary", "replication_measures", "group_effect_measures", "cluster_mean",
-           "MEASURES", "COLUMNS", "REQUIRED"]
+           "convergence_rate", "MEASURES", "COLUMNS", "REQUIRED"]

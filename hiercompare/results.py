@@ -61,6 +61,23 @@ def wald_interval(estimate, std_error, level: float = 0.95) -> dict:
     return {"conf_low": estimate - z * std_error, "conf_high": estimate + z * std_error}
 
 
+NOT_ASSESSED = "not assessed"
+CLOSED_FORM_NOTE = ("converged: not assessed (closed-form least squares: no iterative optimisation whose convergence "
+                    "could fail)")
+
+
+def convergence_text(converged) -> str:
+    """``converged`` as a reader sees it: ``"yes"``, ``"no"`` or ``"not assessed"`` (None: the backend does not
+    assess convergence).
+
+    >>> [convergence_text(v) for v in (True, False, None)]
+    ['yes', 'no', 'not assessed']
+    """
+    if converged is None or (isinstance(converged, float) and np.isnan(converged)) or converged is pd.NA:
+        return NOT_ASSESSED
+    return "yes" if bool(converged) else "no"
+
+
 def sd_term(term: str) -> str:
     return f"sd__{term}"
 
@@ -82,7 +99,10 @@ class Fit:
     loglik : float or None
         Maximised log-likelihood (REML criterion for REML fits) as the backend reports it.
     diagnostics : dict
-        ``converged``, ``singular``, ``warnings`` (every warning and message the backend emitted), ``notes``.
+        ``converged`` (True / False where the backend assesses convergence: an optimiser's own criterion, or
+        the samplers' R-hat / ESS / divergence rule; None, "not assessed", where it does not: closed-form least
+        squares, the naive baselines' fixed training runs), ``singular``, ``warnings`` (every warning and
+        message the backend emitted), ``notes``.
     timing : dict
         ``fit_seconds`` (backend call) and ``total_seconds`` (validation + design + fit).
     provenance : dict
@@ -177,8 +197,10 @@ class Fit:
         return self.extras[name](**kwargs)
 
     @property
-    def converged(self) -> bool:
-        return bool(self.diagnostics.get("converged", True))
+    def converged(self) -> bool | None:
+        """True or False as the backend assessed convergence; None where it does not assess it."""
+        value = self.diagnostics.get("converged")
+        return None if value is None else bool(value)
 
     # ------------------------------------------------------------------ prediction
     def decompose(self, newdata: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -265,7 +287,7 @@ class Fit:
 
     def __repr__(self) -> str:
         fe = ", ".join(f"{k}={v:.4g}" for k, v in self.fixef.items())
-        return f"<Fit {self.backend}: {self.spec.formula}; {fe}; converged={self.converged}>"
+        return f"<Fit {self.backend}: {self.spec.formula}; {fe}; converged={convergence_text(self.converged)}>"
 
 
 @dataclass
@@ -334,4 +356,4 @@ def _json_default(o):
 
 
 __all__ = ["Fit", "Truth", "TIDY_COLUMNS", "KEY", "RESIDUAL", "INTERCEPT", "tidy_frame", "sd_term", "cor_term",
-           "wald_interval", "normal_quantile"]
+           "wald_interval", "normal_quantile", "convergence_text", "NOT_ASSESSED"]

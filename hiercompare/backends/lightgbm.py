@@ -31,6 +31,9 @@ from . import learners
 from .base import Backend
 from .native import tidy_rows
 
+BASELINE_CONVERGENCE_NOTE = ("converged: not assessed (a baseline: boosting rounds chosen by early stopping, no "
+                             "optimiser with a convergence criterion)")
+
 DEFAULT_PARAMS = dict(learning_rate=0.05, num_leaves=15, min_data_in_leaf=20, lambda_l2=1.0,
                       feature_fraction=1.0, bagging_fraction=1.0, verbose=-1, num_threads=1, deterministic=True,
                       force_row_wise=True)
@@ -81,6 +84,8 @@ class LightGBMBackend(Backend):
                 "rounds": int(rounds), "validation_rmse_best": min(curve) if curve else None,
                 "validation_curve_every_10": curve[::10], "features": list(feats),
                 "notes": ["logLik is the marginal likelihood conditional on the learned f(x)",
+                          "converged: the variance components' optimiser at the learned f(x) (boosting has no "
+                          "convergence criterion: its rounds are chosen by early stopping)",
                           skipped or f"rounds chosen by early stopping on {validation_fraction:.0%} of every leaf "
                                      "group's rows"],
             },
@@ -189,13 +194,14 @@ class LightGBMCatBackend(Backend):
             backend=self.name, spec=md.spec, table=tidy_frame(rows), model=md, loglik=None, method="L2 boosting",
             nobs=md.n, nonlinear=nonlinear, raw=booster,
             diagnostics={
-                "converged": True, "singular": False, "warnings": [], "baseline": True, "rounds": int(rounds),
+                "converged": None, "singular": False, "warnings": [], "baseline": True, "rounds": int(rounds),
                 "empirical_sd_of_group_contrasts": spread,
                 "notes": ["BASELINE (the seed's approach): grouping factors as categorical features; no variance "
                           "components are estimated and nothing is shrunk",
                           "group effects are descriptive contrasts: mean prediction of a group minus its parent's",
                           "varying slopes are not represented as group effects; they stay inside f(x)",
-                          "the residual SD is the training RMSE"] + ([skipped] if skipped else []),
+                          "the residual SD is the training RMSE", BASELINE_CONVERGENCE_NOTE]
+                         + ([skipped] if skipped else []),
             },
         )
 

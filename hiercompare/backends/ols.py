@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..design import ModelData
-from ..results import Fit
+from ..results import CLOSED_FORM_NOTE, Fit
 from . import dummies
 from .base import Backend
 
@@ -26,7 +26,7 @@ class OLSBackend(Backend):
                                   float(np.sqrt(res.scale)), float(res.df_resid))
         return Fit(
             backend=self.name, spec=md.spec, table=table, model=md, loglik=float(res.llf), method="OLS",
-            nobs=md.n, diagnostics={"converged": True, "singular": False, "notes": dd.notes,
+            nobs=md.n, diagnostics={"converged": None, "singular": False, "notes": dd.notes + [CLOSED_FORM_NOTE],
                                     "df_resid": float(res.df_resid)},
             raw=res,
         )

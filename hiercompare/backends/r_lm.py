@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import rbridge
 from ..design import ModelData
-from ..results import Fit
+from ..results import CLOSED_FORM_NOTE, Fit
 from . import dummies
 from .base import Backend
 
@@ -28,7 +28,7 @@ class RLmBackend(Backend):
         table = dummies.tidy_rows(md, dd, coef, vcov, float(out["sigma"]), float(out["df_residual"]))
         return Fit(
             backend=self.name, spec=md.spec, table=table, model=md, loglik=float(out["loglik"]), method="OLS",
-            nobs=md.n, diagnostics={"converged": True, "singular": False, "notes": dd.notes,
+            nobs=md.n, diagnostics={"converged": None, "singular": False, "notes": dd.notes + [CLOSED_FORM_NOTE],
                                     "warnings": out.get("warnings", []), "df_resid": float(out["df_residual"])},
         )
 

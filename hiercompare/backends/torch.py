@@ -274,7 +274,8 @@ class TorchBackend(Backend):
         stopped_early = bool(curve) and curve[-1][0] < int(epochs)
         diagnostics = {
             "converged": bool(res.converged), "singular": bool(res.singular), "warnings": [],
-            "notes": notes,
+            "notes": notes + ["converged: the variance components' optimiser at the learned f(x) (training "
+                              "itself stops by early stopping, not by a convergence criterion)"],
             "loglik_note": "marginal log-likelihood at the final offset f(x), conditional on the learned f",
             "epochs_chosen": chosen, "epochs_max": int(epochs), "stopped_early": stopped_early,
             "validation": _curve_summary(curve, validation_fraction),
@@ -449,9 +450,10 @@ class TorchEmbedBackend(Backend):
                                  estimate=parts["deviations"][li][g]))
         net_pred = parts["network"]
         diagnostics = {
-            "converged": True, "singular": False, "warnings": [], "baseline": True,
+            "converged": None, "singular": False, "warnings": [], "baseline": True,
             "label": "BASELINE: naive embedding network (no variance components, no shrinkage)",
-            "notes": notes,
+            "notes": notes + ["converged: not assessed (a baseline: epochs chosen by early stopping, no optimiser "
+                              "with a convergence criterion)"],
             "deviation_sd": dev_sd,
             "deviation_sd_note": "empirical SD of the reported deviations per level (not an estimated variance "
                                  "component)",

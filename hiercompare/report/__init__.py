@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
+from ..results import convergence_text
 from ..spec import INTERCEPT
 from . import plots
 
@@ -127,7 +128,8 @@ def render_demo(results: dict) -> str:
     for f in fits:
         d = f["diagnostics"]
         items = list(d.get("warnings", [])) + list(d.get("notes", [])) + list(d.get("convergence_messages", []))
-        diagnostics.append({"backend": f["backend"], "converged": d.get("converged"), "singular": d.get("singular"),
+        diagnostics.append({"backend": f["backend"], "converged": convergence_text(d.get("converged")),
+                            "singular": d.get("singular"),
                             "messages": items})
     prov = results.get("provenance", {})
     provenance_rows = [{"key": k, "value": json.dumps(v) if isinstance(v, (dict, list)) else str(v)}

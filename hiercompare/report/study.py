@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import HierCompareError
+from ..results import NOT_ASSESSED
 from ..spec import INTERCEPT
 from . import _fmt, plots
 
@@ -86,6 +87,19 @@ def _pm(est: Any, mcse: Any) -> str:
         return ""
     s = _fx(mcse)
     return f"{e} ({s})" if s else e
+
+
+def _convergence(rate: Any, mcse: Any) -> str:
+    """A convergence rate as text: ``estimate (MCSE)``, or "not assessed" where the backend does not assess it."""
+    return NOT_ASSESSED if pd.isna(rate) else _pm(rate, mcse)
+
+
+def _timing_display(timing: pd.DataFrame) -> pd.DataFrame:
+    """fit_summary's table with a missing convergence rate shown as "not assessed" (not as 0, not blank)."""
+    out = timing.copy()
+    if "convergence" in out:
+        out["convergence"] = [NOT_ASSESSED if pd.isna(v) else v for v in out["convergence"]]
+    return out
 
 
 def scenario_table(manifest: dict) -> pd.DataFrame:
@@ -169,7 +183,7 @@ def recovery_table(perf: pd.DataFrame) -> pd.DataFrame:
                          bias=_pm(r["bias"], r["bias_mcse"]), empse=_pm(r["empse"], r["empse_mcse"]),
                          rmse=_pm(r["rmse"], r["rmse_mcse"]), modse=_pm(r["modse"], r["modse_mcse"]),
                          coverage=_pm(r["coverage"], r["coverage_mcse"]),
-                         convergence=_pm(r["convergence"], r["convergence_mcse"])))
+                         convergence=_convergence(r["convergence"], r["convergence_mcse"])))
     return pd.DataFrame(rows)
 
 
@@ -382,8 +396,9 @@ def study_report(folder: str | Path, lightgbm_trees: bool = True) -> tuple[str, 
         agreement=_records(tables["agreement"]), bland_altman=ba,
         pairs_missing=[f"{a} vs {b}" for a, b in PAIRS if (a, b) not in pairs],
         trees=trees,
-        timings=_records(timing, ["scenario", "backend", "n_rep", "n_failed", "n_not_converged", "convergence",
-                                  "convergence_mcse", "seconds_mean", "seconds_median", "first_error"]),
+        timings=_records(_timing_display(timing), ["scenario", "backend", "n_rep", "n_failed", "n_not_converged",
+                                                   "n_not_assessed", "convergence", "convergence_mcse",
+                                                   "seconds_mean", "seconds_median", "first_error"]),
         provenance=_records(provenance),
         spec_json=json.dumps({k: st.get(k) for k in ("scenarios", "formulas", "options")}, indent=2, default=str),
         tables_dir=TABLES_DIR,

@@ -7,8 +7,9 @@ data set. The data seed of a unit is derived from ``numpy.random.SeedSequence(se
 
 Results are one long table (:data:`RESULT_COLUMNS`), one row per (scenario, replication, backend, parameter)
 with the fit's tidy columns, the generating value (``truth``) and the value realised in that data set
-(``realized``), ``converged``, ``warnings`` (joined by ``" | "``), ``seconds`` (the ``fit()`` call), ``seed``
-and ``error``. A fit that raises anything becomes ONE row for that backend and unit (:mod:`.units`).
+(``realized``), ``converged`` (missing where the backend does not assess it), ``warnings`` (joined by
+``" | "``), ``seconds`` (the ``fit()`` call), ``seed`` and ``error``. A fit that raises anything becomes ONE
+row for that backend and unit (:mod:`.units`).
 
 Running again into the same folder skips the units whose part file exists (:mod:`.storage`), so a study killed
 at any moment (even by SIGKILL) resumes where it stopped and ends with the same table as an uninterrupted run.

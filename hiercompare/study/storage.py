@@ -36,7 +36,8 @@ def empty_rows(n: int = 0) -> pd.DataFrame:
 
 
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
-    """Columns in :data:`RESULT_COLUMNS` order with fixed dtypes (strings, float64, int64, bool)."""
+    """Columns in :data:`RESULT_COLUMNS` order with fixed dtypes (strings, float64, int64; ``converged`` as
+    pandas' nullable boolean: missing where the backend does not assess convergence)."""
     out = df.reindex(columns=RESULT_COLUMNS).copy()
     for c in _STRING:
         out[c] = out[c].fillna("").astype(str).astype(object)
@@ -44,7 +45,7 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
         out[c] = pd.to_numeric(out[c], errors="coerce").astype("float64")
     for c in _INT:
         out[c] = out[c].astype("int64")
-    out["converged"] = out["converged"].fillna(False).astype(bool)
+    out["converged"] = out["converged"].astype("boolean")
     return out.reset_index(drop=True)
 
 

@@ -460,7 +460,6 @@ class _Context:
     def explain_pair(self, i, j, table) -> list[dict]:
         fa, fb = self.fits[i], self.fits[j]
         la, lb = self.labels[i], self.labels[j]
-        ka, kb = self.kinds[i], self.kinds[j]
         dis = table[table["verdict"].isin(["disagree", "missing"])]
         base = dict(pair=f"{la} vs {lb}", backend_a=la, backend_b=lb)
 
@@ -707,8 +706,10 @@ class _Context:
         for cl in sorted(remaining & {"fixed", "ran_vals"}):
             sub = dis[dis["param_class"] == cl]
             ses = []
+            maps = _se_map(self.fits[i]), _se_map(self.fits[j])
             for r in sub.to_dict(orient="records"):
-                se = _se_of(self.fits[i], r), _se_of(self.fits[j], r)
+                key = (r["effect"], r["group"], str(r["level"]), r["term"])
+                se = np.array([m.get(key, np.nan) for m in maps])
                 se = np.nanmax(se) if np.isfinite(se).any() else np.nan
                 ses.append(abs(r["diff"]) / se if np.isfinite(se) and se > 0 else np.inf)
             if ses and max(ses) <= NEGLIGIBLE_SE:
@@ -832,16 +833,11 @@ def _convergence_messages(f: Fit) -> list[str]:
     return list(dict.fromkeys(str(m) for m in msgs))
 
 
-def _se_of(f: Fit, r) -> float:
-    t = f.table
-    if r["effect"] == "fixed":
-        sub = t[(t["effect"] == "fixed") & (t["term"] == r["term"])]
-    elif r["effect"] == "ran_vals":
-        sub = t[(t["effect"] == "ran_vals") & (t["group"] == r["group"]) & (t["level"] == r["level"])
-                & (t["term"] == r["term"])]
-    else:
-        return np.nan
-    return float(sub["std_error"].iloc[0]) if len(sub) else np.nan
+def _se_map(f: Fit) -> dict:
+    """(effect, group, level, term) -> std_error of the fixed effects and group effects."""
+    t = f.table[f.table["effect"].isin(["fixed", "ran_vals"])]
+    return {(e, g, str(lv), tm): float(se) for e, g, lv, tm, se in
+            zip(t["effect"], t["group"], t["level"], t["term"], t["std_error"])}
 
 
 def _blup_sds(f: Fit, res) -> pd.Series:

@@ -11,7 +11,6 @@ import json
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import hiercompare as hc
@@ -213,3 +212,22 @@ def test_refuses_mixed_models(sleepstudy):
         diagnose([_fit(sleepstudy, SLEEP_F, "native"), _fit(sleepstudy, "Reaction ~ Days + (1 | Subject)", "native")])
     with pytest.raises(ValueError, match="at least two"):
         diagnose([_fit(sleepstudy, SLEEP_F, "native")])
+
+
+def test_singular_fit_same_likelihood():
+    """A submarket SD at the boundary: native snaps it to 0, mixedlm stops at a tiny value. With the boundary
+    verdict turned into a disagreement (as agreement.py may do for a fit's own boundary terms), the diagnosis
+    finds both at the same exact likelihood and names the boundary."""
+    sc = hc.Scenario(levels=(hc.LevelScenario("market", 10, {"(Intercept)": 0.8}, label="Market_{i}"),
+                             hc.LevelScenario("submarket", 5, {"(Intercept)": 0.0}, label="Sub{i}")), n_obs=20)
+    data, _ = hc.simulate(sc, seed=3)
+    f = "y ~ x1 + x2 + (1 | market) + (1 | market:submarket)"
+    fits = [_fit(data, f, "native"), _fit(data, f, "mixedlm")]
+    table = hc.compare(fits)
+    table.loc[table["verdict"] == "boundary", "verdict"] = "disagree"
+    d = diagnose(fits, agreement_table=table)
+    assert set(d.likelihood["verdict"]) == {"best"}
+    row = d.causes.set_index("cause").loc["singular"]
+    assert row["explained"] and abs(row["evidence"]["delta_loglik_exact"]) <= diagnosis.DELTA_LOGLIK
+    assert any("market:submarket sd__(Intercept)" in t for t in row["evidence"]["boundary_terms"])
+    assert "unexplained" not in set(d.causes["cause"])

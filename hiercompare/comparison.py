@@ -269,7 +269,8 @@ def ml_refits(data: pd.DataFrame, formulas: Sequence[str | ModelSpec], backend: 
         used = list(dict.fromkeys(v for s in specs for v in s.variables))
         missing = [c for c in used if c not in data.columns]
         if missing:
-            raise DataError(f"column(s) {missing} are missing from the data; it has {list(map(str, data.columns))[:20]}")
+            have = list(map(str, data.columns))[:20]
+            raise DataError(f"column(s) {missing} are missing from the data; it has {have}")
         frame = data[used]
         bad = frame.isna().any(axis=1).to_numpy().copy()
         for c in used:
@@ -325,6 +326,12 @@ def information_criteria(fits: Sequence[Fit]) -> pd.DataFrame:
         for col in ("AIC", "BIC"):
             best = df.loc[ok].groupby("_key")[col].transform("min")
             df.loc[ok, f"delta_{col}"] = df.loc[ok, col] - best
+        keys = df.loc[ok, "_key"]
+        if keys.nunique() > 1:
+            for i in keys.index:
+                response, family, method, nobs = df.at[i, "_key"]
+                said = f"deltas within the fits of {response} ({family}, {method}) on the same {nobs} rows"
+                df.at[i, "note"] = f"{df.at[i, 'note']}; {said}" if df.at[i, "note"] else said
         df = df.drop(columns="_key")
     df = df.reindex(columns=IC_COLUMNS)
     df["n_params"] = df["n_params"].astype("Int64")
@@ -349,7 +356,8 @@ def lrt(small: Fit, big: Fit) -> dict:
 
     Examples
     --------
-    >>> small, big = ml_refits(pastes, ["strength ~ 1 + (1 | batch)", "strength ~ 1 + (1 | batch/cask)"])  # doctest: +SKIP
+    >>> small, big = ml_refits(pastes, ["strength ~ 1 + (1 | batch)",
+    ...                                 "strength ~ 1 + (1 | batch/cask)"])  # doctest: +SKIP
     >>> lrt(small, big)["reference_distribution"]  # doctest: +SKIP
     '0.5*chi2(0) + 0.5*chi2(1)'
     """
@@ -411,10 +419,10 @@ def lrt(small: Fit, big: Fit) -> dict:
 def lrt_table(fits: Sequence[Fit]) -> pd.DataFrame:
     """Likelihood-ratio tests of consecutive models, as ``anova(m1, m2, ...)`` does.
 
-    The fits with a likelihood are grouped by engine, method, response, family and number of rows; within a
-    group they are ordered by :func:`n_params` (ties keep the given order) and each is tested against the
-    next. A consecutive pair that cannot be tested (not nested, different rows) gets a row with missing
-    numbers and the reason in ``note``. Fits without a likelihood are left out (see
+    The fits with a likelihood are grouped by engine, method, response and family; within a group they are
+    ordered by :func:`n_params` (ties keep the given order) and each is tested against the next. A
+    consecutive pair that cannot be tested (not nested, different rows) gets a row with missing numbers and
+    the reason in ``note``, where ``anova()`` would stop with an error. Fits without a likelihood are left out (see
     :func:`information_criteria` for why).
 
     Examples
@@ -425,7 +433,7 @@ def lrt_table(fits: Sequence[Fit]) -> pd.DataFrame:
     groups: dict[tuple, list[Fit]] = {}
     for fit in fits:
         if _likelihood_problem(fit) is None:
-            key = (fit.backend, fit.method, fit.spec.response, fit.spec.family, int(fit.nobs))
+            key = (fit.backend, fit.method, fit.spec.response, fit.spec.family)
             groups.setdefault(key, []).append(fit)
     rows = []
     for members in groups.values():

@@ -219,6 +219,8 @@ def test_different_rows_are_refused():
     big = hc.fit(sleep, f2, backend="native", method="ML")
     with pytest.raises(hc.DataError, match="different rows: 170 .* and 180"):
         lrt(small, big)
+    t = lrt_table([big, small])  # a row saying why, where anova() stops with an error
+    assert len(t) == 1 and np.isnan(t["p_value"][0]) and "different rows: 170" in t["note"][0]
     changed = sleep.copy()
     changed.loc[5, "Reaction"] += 1.0
     with pytest.raises(hc.DataError, match="different response values"):
@@ -280,6 +282,7 @@ def test_information_criteria_rows_without_a_likelihood(native_fits):
     assert list(ic.columns) == comparison.IC_COLUMNS
     assert np.isnan(ic["AIC"][4]) and "not the mixed model's likelihood" in ic["note"][4]
     assert ic["delta_AIC"][5] == 0 and "REML criterion" in ic["note"][5]  # its own comparable set
+    assert "deltas within the fits of Reaction (gaussian, ML) on the same 180 rows" in ic["note"][0]
     assert ic["delta_AIC"][:4].min() == 0
     assert comparison.n_params(reml) == 6
 

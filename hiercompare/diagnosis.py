@@ -421,7 +421,7 @@ class _Context:
                         row["verdict"] = "not_comparable"
                         row["note"] = (f"{f.backend}'s likelihood is that of y - f(x) with its own learned f(x): "
                                        "evaluated at its estimates, not comparable with the linear engines'")
-                except (ValueError, np.linalg.LinAlgError) as exc:
+                except Exception as exc:  # one fit that cannot be evaluated is reported, the others still are
                     self.errors[i] = str(exc)
                     row["note"] = f"not evaluated: {exc}"
             elif kind == "bayes":
@@ -530,7 +530,7 @@ class _Context:
         if "fixed_se" in remaining and both_exact and {fa.backend, fb.backend} & {"mixedlm"} and \
                 {fa.backend, fb.backend} - {"mixedlm"}:
             m, o = (i, j) if fa.backend == "mixedlm" else (j, i)
-            res = self._se_convention(m, o, dis[dis["param_class"] == "fixed_se"])
+            res = self._guarded(self._se_convention, m, o, dis[dis["param_class"] == "fixed_se"])
             if res is not None:
                 text, ev, ok = res
                 if ok:
@@ -540,7 +540,7 @@ class _Context:
                     se_check = ev
         # 5. BLUP conditional-variance convention
         if "ran_vals_se" in remaining and both_exact:
-            res = self._condvar_convention(i, j, dis[dis["param_class"] == "ran_vals_se"])
+            res = self._guarded(self._condvar_convention, i, j, dis[dis["param_class"] == "ran_vals_se"])
             if res is not None:
                 text, ev, ok = res
                 if ok:
@@ -558,6 +558,16 @@ class _Context:
             out.append(row("unexplained", sorted(remaining), self._unexplained_text(i, j, dis, remaining, se_check),
                            self._unexplained_evidence(i, j, dis, remaining, se_check), explained=False))
         return out
+
+    @staticmethod
+    def _guarded(check, *args):
+        """A convention check that fails to compute leaves the disagreement unexplained, with the reason."""
+        try:
+            return check(*args)
+        except Exception as exc:
+            return (f"the check could not be computed ({type(exc).__name__}: {exc})",
+                    dict(check=check.__name__, error=str(exc), max_rel_diff_joint=np.nan,
+                         max_rel_diff_conditional=np.nan), False)
 
     def _info_cause(self, i, j, table):
         fa, fb = self.fits[i], self.fits[j]

@@ -103,6 +103,8 @@ class MixedLMBackend(Backend):
                     attempts.append(f"{'+'.join(opt)}: {exc}")
                     continue
                 attempts.append(f"{'+'.join(opt)}: converged={r.converged}, llf={r.llf:.10g}")
+                if not np.isfinite(r.llf):  # seen on mlmRev's Exam: cov_re = 0 with llf = +inf; never kept
+                    continue
                 better = res is None or (r.converged, r.llf) > (res.converged, res.llf + 1e-9)
                 res = r if better else res
                 boundary = any("boundary" in str(w.message) for w in caught[n_before:])

@@ -240,14 +240,13 @@ def hierarchy_figure(results: pd.DataFrame, manifest: dict, scenario: str) -> di
             rv = results[(results["scenario"] == scenario) & (results["replication"] == rep)
                          & (results["effect"] == "ran_vals") & (results["group"] == g)].drop_duplicates("level")
             rv = rv.assign(estimate=np.nan)
-        levels.append(rv[["level", "estimate"]])
+        levels.append(rv[["level", "estimate"]].assign(group=g))
     fixed = sub[(sub["effect"] == "fixed") & (sub["term"] == INTERCEPT)]["estimate"]
     root_value = float(fixed.iloc[0]) if len(fixed) else None
-    n_top = levels[0]["level"].nunique() if levels else 0
+    shown = plots.hierarchy_note(plots.hierarchy_table(root, root_value, levels))
     note = (f"backend {backend}, replication {rep}; numbers are intercept offsets (the root: the national "
-            f"intercept); {min(n_top, 12)} of {n_top} top-level groups drawn, and below the top level only the "
-            "children of the first 3 drawn groups of the level above")
-    png = plots.hierarchy_plot(root, root_value, levels, title=f"{scenario}: {note.split(';')[0]}")
+            f"intercept); {shown}; groups ordered by |offset|, largest first")
+    png = plots.hierarchy_plot(root, root_value, levels, title=f"{scenario}: backend {backend}, replication {rep}")
     return dict(backend=backend, replication=rep, note=note, png=png)
 
 

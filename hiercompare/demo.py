@@ -145,6 +145,7 @@ def run_demo(
     agree_summary = summary(agreement) if not agreement.empty else pd.DataFrame()
     rec = pd.concat([recovery(f, truth) for f in fits], ignore_index=True) if fits else pd.DataFrame()
     from .design import prepare
+    from .report.plots import lightgbm_tree_records
     from .spec import ModelSpec
 
     # the tree as the fits saw it; built again only when no backend could run
@@ -162,6 +163,8 @@ def run_demo(
         "fits": [f.to_dict() for f in fits],
         "skipped": skipped,
         "timings": timings,
+        # each LightGBM backend's first tree as model text, so the report draws it from results.json alone
+        "lightgbm_trees": lightgbm_tree_records(fits),
         "agreement_summary": _records(agree_summary),
         "agreement": _records(agreement),
         "recovery": _records(rec),

@@ -52,9 +52,10 @@ def test_demo_subset_writes_report(tmp_path, monkeypatch):
     assert opts["mixedlm"] == {"fit_method": "ML", "options": {"method": "ML"}}
     assert opts["ols"]["options"] == {} and opts["ols"]["fit_method"] == res["fits"][0]["method"]
     assert "backend_options" in html and "fit_method" in html
-    assert html.count("data:image/png;base64,") == 2
+    # variance components, market intercepts and the hierarchy diagram (no LightGBM backend: no tree)
+    assert html.count("data:image/png;base64,") == 3 and 'id="lightgbm"' not in html
     for section in ("Scenario and truth", "Fixed effects per backend", "Variance components", "Market intercepts",
-                    "Agreement between backends", "Timings", "Provenance"):
+                    "The hierarchy with estimated offsets", "Agreement between backends", "Timings", "Provenance"):
         assert section in html
     assert len(res["recovery"]) > 0
     # stage timings (bench/demo.py reports each stage's share): parts of the total, the fits as timed per backend

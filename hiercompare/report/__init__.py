@@ -43,8 +43,63 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _demo_hierarchy(results: dict, tidy: pd.DataFrame) -> dict | None:
+    """The hierarchy diagram of a demo: one backend's intercept offsets on the tree (None without group effects).
+
+    The backend is the first of :data:`hiercompare.report.study.TREE_BACKENDS` that ran (else the first with
+    group effects); a label's parent is its part before the last ``:`` (the demo's labels are ``market:sub``).
+    """
+    from .study import TREE_BACKENDS
+
+    levels_info = results.get("hierarchy", {}).get("levels", [])
+    rv = tidy[tidy["effect"] == "ran_vals"]
+    present = list(dict.fromkeys(rv.loc[rv["estimate"].notna(), "backend"]))
+    backend = next((b for b in TREE_BACKENDS if b in present), present[0] if present else None)
+    if backend is None or not levels_info:
+        return None
+    sub = tidy[tidy["backend"] == backend]
+    levels = []
+    for lv in levels_info:
+        g = lv["group"]
+        e = sub[(sub["effect"] == "ran_vals") & (sub["group"] == g) & (sub["term"] == INTERCEPT)]
+        if e.empty:  # no intercept at this level: its labels, without offsets
+            e = rv[rv["group"] == g].drop_duplicates("level").assign(estimate=np.nan)
+        levels.append(e[["level", "estimate"]].assign(group=g))
+    fixed = sub[(sub["effect"] == "fixed") & (sub["term"] == INTERCEPT)]["estimate"]
+    root_value = float(fixed.iloc[0]) if len(fixed) and np.isfinite(fixed.iloc[0]) else None
+    root = results.get("hierarchy", {}).get("root", "root")
+    table = plots.hierarchy_table(root, root_value, levels)
+    return dict(backend=backend, note=plots.hierarchy_note(table),
+                png=plots.hierarchy_plot(root, root_value, levels, title=f"backend {backend}"))
+
+
+def _demo_trees(results: dict) -> list[dict]:
+    """The LightGBM trees recorded in ``results["lightgbm_trees"]`` (:func:`plots.lightgbm_tree_records`), drawn."""
+    out = []
+    for rec in results.get("lightgbm_trees", []):
+        be = rec.get("backend", "lightgbm")
+        if "error" in rec:
+            out.append(dict(backend=be, png="", note=f"the tree could not be recorded: {rec['error']}"))
+            continue
+        what = ("LightGBM f(x) on the fixed-effect predictors, boosted on the marginal-likelihood gradient; the "
+                "group effects come from mixedcore" if be == "lightgbm" else
+                "BASELINE: LightGBM with the grouping factors as categorical features")
+        note = f"{what}; tree {rec['tree_index']} of {rec['n_trees']}"
+        try:
+            png = plots.lightgbm_tree_from_record(rec)
+        except (plots.GraphvizMissing, ImportError) as exc:
+            png, note = "", f"{note}; not drawn here: {exc}"
+        out.append(dict(backend=be, png=png, note=note))
+    return out
+
+
 def render_demo(results: dict) -> str:
-    """HTML for a demo / method-comparison run (see :func:`hiercompare.demo.run_demo` for the dict)."""
+    """HTML for a demo / method-comparison run (see :func:`hiercompare.demo.run_demo` for the dict).
+
+    Besides the tables, it draws the hierarchy with one backend's offsets (:func:`plots.hierarchy_plot`) and,
+    where ``results["lightgbm_trees"]`` holds records (:func:`plots.lightgbm_tree_records`), each LightGBM
+    backend's first tree coloured by node kind.
+    """
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("hiercompare", "report/templates"),
@@ -54,7 +109,7 @@ def render_demo(results: dict) -> str:
         truth[c] = truth[c].fillna("")
     fits = results["fits"]
     tidy = pd.concat([pd.DataFrame(f["tidy"]) for f in fits], ignore_index=True) if fits else pd.DataFrame(
-        columns=["effect", "group", "level", "term", "estimate", "conf_low", "conf_high", "backend"])
+        columns=["effect", "group", "level", "term", "estimate", "std_error", "conf_low", "conf_high", "backend"])
     for c in ("group", "level"):
         tidy[c] = tidy[c].fillna("")
     for c in ("estimate", "std_error", "conf_low", "conf_high"):  # JSON nulls (no interval) -> NaN
@@ -110,6 +165,9 @@ def render_demo(results: dict) -> str:
         top_png = plots.group_effects_plot(rv, truth[truth["effect"] == "ran_vals"], g, INTERCEPT,
                                               f"{g} intercept deviations: estimate and 95% interval per backend")
 
+    hierarchy = _demo_hierarchy(results, tidy)
+    trees = _demo_trees(results)
+
     agreement = pd.DataFrame(results.get("agreement_summary", []))
     agreement_cols = ["pair", "param_class", "agree", "disagree", "boundary", "missing", "info", "max_abs_diff",
                       "max_rel_diff", "tolerance", "tol_kind", "verdict"]
@@ -148,5 +206,6 @@ def render_demo(results: dict) -> str:
         agreement_rows=agreement_rows, info_rows=info_rows, agreement_cols=agreement_cols, timing_rows=timing_rows,
         timing_cols=timing_cols, diagnostics=diagnostics, skipped=results.get("skipped", []),
         provenance_rows=provenance_rows, scenario_json=json.dumps(results.get("scenario", {}), indent=2),
+        hierarchy=hierarchy, trees=trees,
     )
     return env.get_template("demo.html.j2").render(**ctx)

@@ -257,6 +257,8 @@ def fit_unit(task: dict) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # fit() records every warning in the Fit's diagnostics
             f = fit(task["data"], spec, backend=name, seed=task.get("seed"), **options)
+    except SpecError as exc:  # what this backend cannot fit on this data (e.g. a learner without a numeric x)
+        return {"status": "not applicable", "reason": str(exc), "seconds": time.perf_counter() - t0}
     except HierCompareError as exc:
         return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0}
     except Exception as exc:  # a backend library's own error: recorded, never silently dropped
@@ -630,7 +632,11 @@ def compare_data(
         tables.update(boot)
         stages["bootstrap"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    figures = _figures(rows, specs, fits, tables, say)
+    stages["pictures"] = time.perf_counter() - t0
     results = _results(source, rows, specs, fits, tables, definition, names, cv_names, models)
+    results["figures"] = figures
     stages["total"] = time.perf_counter() - t_start
     results["timing_stages"] = stages
     comp = DataComparison(results=results, tables=tables, fits=fits, out=out_dir)
@@ -680,6 +686,81 @@ def _model_comparison(rows, specs, fits, store: UnitStore, say) -> dict[str, pd.
         except HierCompareError as exc:
             say(f"  PSIS-LOO unavailable: {exc}")
     return out
+
+
+PARTIAL_POOLING = ("native", "lme4", "mixedlm", "pymc", "brms", "lightgbm", "torch")
+
+
+def _figures(rows, specs, fits, tables, say) -> list[dict]:
+    """The pictures of the report, per formula, each with its table added to ``tables``.
+
+    Shrinkage (ols's no-pooling deviations against the first partial-pooling engine's, against group size) at
+    every level, caterpillar plots of every level's intercept deviations across engines, the decomposition of a
+    few rows' predictions, the hierarchy diagram with each group's offset, the first LightGBM tree.
+    """
+    from .report import plots
+
+    figures: list[dict] = []
+
+    def add(section, title, png, caption="", table=None, name=None):
+        if png:
+            figures.append({"section": section, "title": title, "png": png, "caption": caption,
+                            "table": name or ""})
+        if table is not None and name:
+            t = table.copy()
+            t.insert(0, "formula", spec.formula)
+            tables[name] = pd.concat([tables[name], t], ignore_index=True) if name in tables else t
+
+    for k, spec in enumerate(specs, 1):
+        fs = fits[spec.formula]
+        if not fs:
+            continue
+        tag = f"formula {k}" if len(specs) > 1 else "the formula"
+        tidy = pd.concat([f.tidy() for f in fs.values()], ignore_index=True)
+        engine = next((b for b in PARTIAL_POOLING if b in fs), None)
+        try:
+            for lv in fs[next(iter(fs))].model.hierarchy.levels:
+                for term in lv.spec.terms[:2]:
+                    if "ols" in fs and engine is not None:
+                        sh = plots.shrinkage_table(tidy, plots.group_sizes(rows, lv.group), lv.group, term,
+                                                   no_pooling="ols", partial_pooling=engine)
+                        add("pictures", f"Shrinkage, {lv.group} {term} ({tag}): ols (no pooling) vs {engine}",
+                            plots.shrinkage_plot(sh, title=f"{lv.group}: {term}"),
+                            "Each group's deviation without pooling (ols's dummy coefficients) and with partial "
+                            f"pooling ({engine}), against the group's rows: small groups are pulled towards 0 most.",
+                            sh, "shrinkage")
+                    cat = plots.caterpillar_table(tidy, lv.group, term)
+                    add("pictures", f"Caterpillar, {lv.group} {term} ({tag})",
+                        plots.caterpillar_plot(cat, title=f"{lv.group}: {term} deviations, 95% intervals"),
+                        "Every engine's deviations in the same order (the first engine's ranking); past 60 groups "
+                        "the extremes are drawn and the gap says how many are hidden.", cat, "caterpillar")
+            ref = fs.get(engine) if engine else next(iter(fs.values()))
+            if ref is not None and ref.model is not None:
+                parts = ref.decompose()
+                leaf = ref.model.hierarchy.levels[-1] if ref.model.hierarchy.levels else None
+                labels = pd.Series(leaf.labels[leaf.codes], index=parts.index) if leaf is not None else None
+                dec = plots.decomposition_table(parts, labels)
+                add("pictures", f"Decomposition of predictions ({ref.backend}, {tag})",
+                    plots.decomposition_plot(dec, title=f"national part + each level's deviation ({ref.backend})"),
+                    "A few rows' predictions split into the fixed part and each level's deviation; they add up "
+                    "to the prediction.", dec, "decomposition")
+                root, root_value, levels = plots.hierarchy_inputs(ref)
+                table = plots.hierarchy_table(root, root_value, levels)
+                add("pictures", f"The tree with each group's offset ({ref.backend}, {tag})",
+                    plots.hierarchy_plot(root, root_value, levels, title=f"intercept offsets ({ref.backend})"),
+                    plots.hierarchy_note(table), table, "hierarchy")
+            if "lightgbm" in fs:
+                try:
+                    rec = plots.lightgbm_tree_record(fs["lightgbm"])
+                    add("pictures", f"LightGBM: its first tree ({tag})", plots.lightgbm_tree_from_record(rec),
+                        rec.get("title", ""))
+                except Exception as exc:  # graphviz missing: said, not drawn
+                    say(f"  the LightGBM tree is not drawn: {exc}")
+        except Exception as exc:  # a picture never stops the comparison; the report says which one failed
+            say(f"  pictures of {spec.formula}: {type(exc).__name__}: {exc}")
+            figures.append({"section": "pictures", "title": f"Pictures of {tag} stopped", "png": "",
+                            "caption": f"{type(exc).__name__}: {exc}", "table": ""})
+    return figures
 
 
 def _results(source, rows, specs, fits, tables, definition, names, cv_names, models) -> dict:

@@ -121,6 +121,7 @@ class SummaryData(ModelData):
 
     rows: int = 0
     sums: np.ndarray | None = None
+    leaf_rows: np.ndarray | None = None  # rows per leaf group (the hierarchy's leaf order)
     source: str = ""
     stream: dict = field(default_factory=dict)
 
@@ -349,6 +350,8 @@ class Sums:
             C[leaf.codes] = self.C[:ncell][:, sel][:, :, sel]
         else:
             np.add.at(C, leaf.codes, self.C[:ncell][:, sel][:, :, sel])
+        leaf_rows = np.zeros(leaf.n_groups)
+        np.add.at(leaf_rows, leaf.codes, self.C[:ncell][:, 0, 0])  # plan.numeric[0] is "1": each cell's rows
         p = len(columns)
         x = np.arange(len(zbase), len(zbase) + p)
         if p:
@@ -373,7 +376,7 @@ class Sums:
             spec=spec, data=pd.DataFrame(columns=list(spec.variables)), y=np.empty(0), X=np.empty((0, p)),
             columns=columns, Z={lv.group: np.empty((0, len(lv.spec.terms))) for lv in hierarchy.levels},
             hierarchy=hierarchy, categories=categories, notes=notes, dropped_rows=dropped, rows=self.rows,
-            sums=C, source=source, stream={"source": source, "rows_read": self.read, "chunks": self.chunks,
+            sums=C, leaf_rows=leaf_rows.round().astype(np.int64), source=source, stream={"source": source, "rows_read": self.read, "chunks": self.chunks,
                                            "cells": ncell},
         )
 

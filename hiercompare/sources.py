@@ -35,7 +35,7 @@ import pandas as pd
 from .design import _is_numeric
 from .errors import DataError, SpecError
 from .leafsums import NUMERIC, TEXT, Sums, SummaryData, make_plan
-from .results import Fit
+from .results import Fit, check_unseen
 from .spec import ModelSpec
 
 BATCH_ROWS = 1 << 20
@@ -322,30 +322,67 @@ def prepare_source(spec: ModelSpec, source, backend: str = "native", na_action: 
     return md
 
 
+def subsample(source, n: int, seed: int = 0, columns=None, labels=(), batch_rows: int | None = None) -> pd.DataFrame:
+    """A uniform random sample of ``n`` rows (without replacement) of a file or pyarrow source, read in batches.
+
+    The row numbers are drawn first (``numpy.random.default_rng(seed).choice(rows, n, replace=False)``, sorted),
+    then each batch keeps its drawn rows, so memory holds the sample and one batch. The same source, ``n`` and
+    seed give the same rows. ``labels`` are read as text (as :func:`prepare_source` reads them). A Dask DataFrame
+    is not accepted: sample it with ``ddf.sample(frac=..., random_state=...).compute()``.
+    """
+    if _is_dask(source):
+        raise SpecError("subsample() reads files and pyarrow sources; sample a Dask DataFrame with "
+                        "ddf.sample(frac=..., random_state=...).compute()")
+    n = int(n)
+    if n < 1:
+        raise SpecError(f"the subsample needs at least one row, got {n}")
+    dataset = _dataset(source, labels, int(batch_rows or BATCH_ROWS))
+    if type(dataset).__name__ == "RecordBatchReader":
+        raise SpecError("a RecordBatchReader can be read once only; give the file or a pyarrow dataset to subsample")
+    total = dataset.count_rows()
+    if n >= total:
+        raise SpecError(f"the subsample of {n} rows is not smaller than the data ({total} rows); read it whole")
+    picks = np.sort(np.random.default_rng(np.random.SeedSequence(seed)).choice(total, size=n, replace=False))
+    cols = list(columns) if columns is not None else dataset.schema.names
+    frames, start = [], 0
+    for batch in dataset.to_batches(columns=cols, batch_size=int(batch_rows or BATCH_ROWS)):
+        lo, hi = np.searchsorted(picks, [start, start + batch.num_rows])
+        if hi > lo:
+            frames.append(batch.take(picks[lo:hi] - start).to_pandas())
+        start += batch.num_rows
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    for c in labels:
+        if c in out.columns:
+            out[c] = out[c].astype(str)
+    out.attrs["subsample"] = {"rows": n, "of": int(total), "seed": int(seed), "source": source_name(source)}
+    return out
+
+
 # ---------------------------------------------------------------------- the Fit and predictions
 class StreamedFit(Fit):
     """A Fit made from a streamed source: as any Fit, except that its rows were not kept, so ``predict()`` and
     ``decompose()`` take new data: a DataFrame (returned in memory), or a source with ``out=`` (written to
     Parquet batch by batch by :func:`write_predictions`)."""
 
-    def decompose(self, newdata=None, out=None, keep=(), batch_rows=None, scheduler=None):
+    def decompose(self, newdata=None, out=None, keep=(), batch_rows=None, scheduler=None, allow_new_levels=None):
         if newdata is None:
             raise DataError(f"this fit read {self.provenance.get('source', 'a source')} in batches and kept no rows; "
                             "pass the rows to decompose: a DataFrame, or the source with out='parts.parquet'")
         if isinstance(newdata, pd.DataFrame) and out is None:
-            return super().decompose(newdata)
+            return super().decompose(newdata, allow_new_levels=allow_new_levels)
         return write_predictions(self, newdata, out, what="decompose", keep=keep, batch_rows=batch_rows,
-                                 scheduler=scheduler)
+                                 scheduler=scheduler, allow_new_levels=allow_new_levels)
 
-    def predict(self, newdata=None, type="link", out=None, keep=(), batch_rows=None, scheduler=None):
+    def predict(self, newdata=None, type="link", out=None, keep=(), batch_rows=None, scheduler=None,
+                allow_new_levels=None):
         if newdata is None or (isinstance(newdata, pd.DataFrame) and out is None):
             if newdata is None:
                 self.decompose(None)
-            return super().predict(newdata, type=type)
+            return super().predict(newdata, type=type, allow_new_levels=allow_new_levels)
         if type != "link" and self.spec.family != "gaussian":
             raise SpecError("streamed predictions are on the link scale; type='response' needs a DataFrame")
         return write_predictions(self, newdata, out, what="predict", keep=keep, batch_rows=batch_rows,
-                                 scheduler=scheduler)
+                                 scheduler=scheduler, allow_new_levels=allow_new_levels)
 
 
 def as_streamed_fit(fit: Fit, md: SummaryData) -> StreamedFit:
@@ -357,38 +394,63 @@ def as_streamed_fit(fit: Fit, md: SummaryData) -> StreamedFit:
     return out
 
 
-def _parts(fit: Fit, frame: pd.DataFrame, what: str, keep) -> tuple[pd.DataFrame, dict]:
-    parts = Fit.decompose(fit, frame.reset_index(drop=True))
-    unseen = dict(parts.attrs.get("unseen", {}))
+def _parts(fit: Fit, frame: pd.DataFrame, what: str, keep, allow_new_levels=None) -> tuple[pd.DataFrame, dict]:
+    """One batch's predictions or parts, and what it saw: rows per level whose label is unseen, those labels and
+    notes. ``allow_new_levels=False`` refuses a batch with unseen labels (DataError); otherwise nothing is
+    said here: :func:`write_predictions` warns once for the whole source."""
+    parts, seen = Fit._decompose(fit, frame.reset_index(drop=True))
+    seen = {"unseen": dict(parts.attrs.get("unseen", {})), **seen}
+    if allow_new_levels is False:
+        check_unseen(seen["unseen"], parts.attrs.get("unseen_groups", {}), seen, False, "predict",
+                     rows=len(parts))
     if what == "predict":
         parts = parts[["prediction"]]
     if keep:
         parts = pd.concat([frame[list(keep)].reset_index(drop=True), parts], axis=1)
-    return parts, unseen
+    return parts, seen
 
 
-def _add_counts(total: dict, part: dict) -> None:
-    for k, v in part.items():
-        total[k] = total.get(k, 0) + int(v)
+def _add_seen(total: dict, part: dict) -> None:
+    """Sum rows per level, unite the unseen labels and notes (in order of first appearance)."""
+    for k, v in part["unseen"].items():
+        total.setdefault("unseen", {})[k] = total.get("unseen", {}).get(k, 0) + int(v)
+    for key in ("examples", "notes"):
+        for k, labels in part.get(key, {}).items():
+            book = total.setdefault(key, {}).setdefault(k, {})
+            book.update(dict.fromkeys(labels))
 
 
-def _write_partition(frame, fit, out: str, what: str, keep, index: int) -> tuple[int, dict]:
+def _finish_seen(total: dict, rows: int, allow_new_levels, stacklevel: int = 3) -> tuple[dict, dict]:
+    """Rows and distinct labels per level unseen in fitting, over the whole source; warns once (None)."""
+    unseen = dict(total.get("unseen", {}))
+    examples = {k: list(v) for k, v in total.get("examples", {}).items()}
+    notes = {k: list(v) for k, v in total.get("notes", {}).items()}
+    groups = {k: len(examples.get(k, [])) for k in unseen}
+    check_unseen(unseen, groups, {"examples": examples, "notes": notes}, allow_new_levels, "predict", rows=rows,
+                 stacklevel=stacklevel)
+    return unseen, groups
+
+
+def _write_partition(frame, fit, out: str, what: str, keep, index: int, allow_new_levels=None) -> tuple[int, dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parts, unseen = _parts(fit, frame, what, keep)
+    parts, seen = _parts(fit, frame, what, keep, allow_new_levels)
     pq.write_table(pa.Table.from_pandas(parts, preserve_index=False), str(Path(out) / f"part-{index:05d}.parquet"))
-    return len(parts), unseen
+    return len(parts), seen
 
 
 def write_predictions(fit: Fit, source, out, what: str = "predict", keep=(), batch_rows: int | None = None,
-                      scheduler=None) -> dict:
+                      scheduler=None, allow_new_levels: bool | None = None) -> dict:
     """Predictions (``what="predict"``: one column ``prediction``) or the decomposition (``"decompose"``:
     national + each level's parts + prediction, as :meth:`Fit.decompose`) of every row of ``source``, written to
     the Parquet file ``out`` batch by batch, in the source's row order; ``keep`` columns are copied in front.
     A Dask DataFrame is written as the folder ``out`` with one file per partition (``part-00000.parquet``, in
-    partition order). Returns ``{"path", "rows", "unseen"}`` (rows per level whose label was not seen in
-    fitting: they get the population-level part there, as in memory). Works for any Fit that has its design.
+    partition order). Returns ``{"path", "rows", "unseen", "unseen_groups"}`` (rows, and distinct labels, per
+    level whose label was not seen in fitting: they get the population-level part there, as in memory).
+    ``allow_new_levels`` as in :meth:`Fit.predict`: None warns once for the whole source, True accepts new
+    groups silently, False stops at the first batch that has one (a DataError naming where; what was written
+    before stays). Works for any Fit that has its design.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -402,18 +464,20 @@ def write_predictions(fit: Fit, source, out, what: str = "predict", keep=(), bat
     keep = list(dict.fromkeys(keep))
     columns = list(dict.fromkeys(spec.fixed_variables + spec.slope_variables + spec.grouping_variables
                                  + tuple(keep)))
-    unseen: dict = {}
+    seen: dict = {}
     rows = 0
     if _is_dask(source):
         from dask import delayed
 
         Path(out).mkdir(parents=True, exist_ok=True)
         parts = source[columns].to_delayed()
-        tasks = [delayed(_write_partition)(p, fit, str(out), what, keep, i) for i, p in enumerate(parts)]
+        tasks = [delayed(_write_partition)(p, fit, str(out), what, keep, i, allow_new_levels)
+                 for i, p in enumerate(parts)]
         for n, u in _compute(tasks, scheduler):
             rows += n
-            _add_counts(unseen, u)
-        return {"path": str(out), "rows": rows, "unseen": unseen}
+            _add_seen(seen, u)
+        unseen, groups = _finish_seen(seen, rows, allow_new_levels)
+        return {"path": str(out), "rows": rows, "unseen": unseen, "unseen_groups": groups}
     name = source_name(source)
     if isinstance(source, pd.DataFrame):
         source = pa.Table.from_pandas(source[columns], preserve_index=False)
@@ -428,7 +492,7 @@ def write_predictions(fit: Fit, source, out, what: str = "predict", keep=(), bat
     try:
         for where, batch in _arrow_chunks(dataset, columns, kinds, batch_rows, name, labels):
             try:
-                parts, u = _parts(fit, batch.to_pandas(), what, keep)
+                parts, u = _parts(fit, batch.to_pandas(), what, keep, allow_new_levels)
             except DataError as exc:
                 raise DataError(f"{where}: {exc}") from None
             table = pa.Table.from_pandas(parts, preserve_index=False)
@@ -436,11 +500,12 @@ def write_predictions(fit: Fit, source, out, what: str = "predict", keep=(), bat
                 writer = pq.ParquetWriter(str(out), table.schema)
             writer.write_table(table)
             rows += len(parts)
-            _add_counts(unseen, u)
+            _add_seen(seen, u)
     finally:
         if writer is not None:
             writer.close()
-    return {"path": str(out), "rows": rows, "unseen": unseen}
+    unseen, groups = _finish_seen(seen, rows, allow_new_levels)
+    return {"path": str(out), "rows": rows, "unseen": unseen, "unseen_groups": groups}
 
 
 __all__ = ["is_source", "prepare_source", "StreamedFit", "as_streamed_fit", "write_predictions", "ArrowChunk",

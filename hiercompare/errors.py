@@ -39,3 +39,8 @@ class StudyError(HierCompareError):
 
 class ConvergenceWarning(UserWarning):
     """An optimiser or sampler reported a convergence problem (also recorded in Fit.diagnostics)."""
+
+
+class UnseenLevelsWarning(UserWarning):
+    """predict() / decompose() met group labels not seen in fitting: those rows get the population level there
+    (deviation 0). ``allow_new_levels=True`` accepts them silently, ``False`` refuses them (a DataError)."""

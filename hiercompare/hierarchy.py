@@ -8,9 +8,20 @@ Labels of a factor written ``a:b`` are the strings ``"<a>:<b>"``, as lme4 prints
 across parents (``Sub0`` in every market) are distinct groups there. A bare factor whose labels repeat
 across parents (``(1 | submarket)`` with ``Sub0`` under every market) is not nested and is an error that
 names examples and the fix.
+
+Each level keeps its grouping columns as they were at fit time (:class:`LabelColumn`: dtype, values, the
+label strings), so new data is matched to the fitted groups by value (:meth:`Level.codes_for`): a column of
+the same kind (integer, float, bool, text, datetime) as when fitting is matched on the labels exactly as
+before; a column of another kind is matched value by value, where that is unambiguous: ``1``, ``1.0`` and the
+text ``"1"`` (or ``"1.0"``) are the same school; ``"01"`` or ``1.5`` are not ``1``. A value that would match
+more than one fitted label (text ``"1"`` and ``"1.0"`` both fitted as groups, newdata holding the number 1)
+is a :class:`~hiercompare.errors.DataError` that names them. A value that matches no label is a group not
+seen in fitting (code -1), which :meth:`hiercompare.results.Fit.predict` counts and warns about.
 """
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +33,104 @@ from .spec import GroupLevel, ModelSpec
 ROOT = "(all)"  # the root's label when nothing names it (simulated trees carry their own)
 
 
+_INTEGER_TEXT = re.compile(r"-?[0-9]+")
+
+
+def column_kind(values: pd.Series) -> str:
+    """``integer``, ``float``, ``bool``, ``text``, ``datetime`` or ``other``: the kind of a grouping column
+    (a categorical column: the kind of its categories)."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        dtype = dtype.categories.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "integer"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "datetime"
+    if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
+        return "text"
+    return "other"
+
+
+def value_key(value, text: str):
+    """What a label value is, across types: ``("num", 1)`` for 1, 1.0, ``"1"`` and ``"1.0"``; ``("bool", True)``;
+    ``("str", text)`` for any other text (``"01"``, ``"A"``); None for a missing value (matches nothing)."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return ("bool", bool(value))
+    if isinstance(value, (int, np.integer)):
+        return ("num", int(value))
+    if isinstance(value, (float, np.floating)):
+        if np.isnan(value):
+            return None
+        if not np.isfinite(value):
+            return ("str", text)
+        return ("num", int(value)) if float(value).is_integer() else ("num", float(value))
+    if isinstance(value, str):
+        if _INTEGER_TEXT.fullmatch(value) and str(int(value)) == value:
+            return ("num", int(value))  # "7", "-3"; not "07" (a code with a leading zero is text)
+        try:
+            number = float(value)
+        except ValueError:
+            return ("str", value)
+        if np.isfinite(number) and (repr(number) == value or str(number) == value):
+            return ("num", int(number)) if number.is_integer() else ("num", number)
+        return ("str", value)
+    return ("str", text)
+
+
+@dataclass(frozen=True, eq=False)
+class LabelColumn:
+    """A grouping column as it was at fit time: its name, dtype and kind, and its distinct values with the label
+    strings the fitted groups are named by (``labels[i]`` is ``str`` of ``values[i]`` as pandas writes it)."""
+
+    name: str
+    dtype: str
+    kind: str
+    labels: np.ndarray  # (U,) object: the label strings
+    values: np.ndarray  # (U,) object: the fit-time values they come from
+
+    @classmethod
+    def from_series(cls, values: pd.Series) -> "LabelColumn":
+        uniques = pd.Series(pd.factorize(values, sort=False)[1])
+        text = uniques.astype(str).to_numpy(dtype=object)
+        raw = uniques.astype(object).to_numpy(dtype=object)
+        return cls(name=str(values.name), dtype=str(values.dtype), kind=column_kind(values), labels=text, values=raw)
+
+    @functools.cached_property
+    def _by_key(self) -> dict:
+        out: dict = {}
+        for v, t in zip(self.values, self.labels):
+            k = value_key(v, t)
+            if k is not None and t not in out.setdefault(k, []):
+                out[k].append(t)
+        return out
+
+    def match(self, values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """``(codes, labels)``: each row's index into ``labels``, the fit-time label string of each distinct new
+        value (None where it matches no fitted label); codes are -1 for missing values."""
+        codes, uniques = pd.factorize(values, sort=False)
+        uniques = pd.Series(uniques)
+        text = uniques.astype(str).to_numpy(dtype=object)
+        fitted = set(self.labels)
+        if column_kind(values) == self.kind:  # the same kind: the labels as text, exactly as when fitting
+            return codes, np.array([t if t in fitted else None for t in text], dtype=object)
+        out = np.empty(len(text), dtype=object)
+        for i, (v, t) in enumerate(zip(uniques.astype(object).to_numpy(dtype=object), text)):
+            hits = self._by_key.get(value_key(v, t), [])
+            if len(hits) > 1:
+                raise DataError(
+                    f"the grouping column {self.name!r} is {values.dtype} here but was {self.dtype} when fitting, and "
+                    f"its value {v!r} matches {len(hits)} fitted labels ({', '.join(repr(h) for h in hits[:5])}); "
+                    f"convert the column to {self.dtype} as it was when fitting so that each value names one group")
+            out[i] = hits[0] if hits else None
+        return codes, out
+
+
 @dataclass(frozen=True)
 class Level:
     """One level of the tree (below the root)."""
@@ -31,6 +140,7 @@ class Level:
     codes: np.ndarray  # (n,) int, row -> index into labels
     parent: np.ndarray  # (G,) int, index into the parent level's labels (0 = root for the top level)
     depth: int  # 1 for the top level
+    columns: tuple[LabelColumn, ...] = ()  # the factor's columns as at fit time (empty: match labels as text)
 
     @property
     def group(self) -> str:
@@ -44,10 +154,39 @@ class Level:
         return np.bincount(self.codes, minlength=self.n_groups)
 
     def codes_for(self, data: pd.DataFrame) -> np.ndarray:
-        """Codes of ``data``'s rows; -1 where the label was not seen in fitting."""
-        lab = factor_labels(data, self.spec.factor)
+        """Codes of ``data``'s rows; -1 where the label was not seen in fitting.
+
+        Values are matched to the fit-time labels by value where the column's kind differs from fit time
+        (integer ids read back as floats, or as text): see the module's docstring. A value that would match two
+        fitted labels is a DataError.
+        """
         index = pd.Index(self.labels)
-        return index.get_indexer(lab)
+        if not self.columns:  # a level built without its columns (an older pickle): labels as text
+            return index.get_indexer(factor_labels(data, self.spec.factor))
+        n = len(data)
+        key = np.zeros(n, dtype=np.int64)
+        missing = np.zeros(n, dtype=bool)
+        parts = []
+        for col in self.columns:
+            codes, mapped = col.match(data[col.name])
+            missing |= codes < 0
+            parts.append(mapped)
+            key = key * max(len(mapped), 1) + np.maximum(codes, 0)
+        uniq, inverse = np.unique(key, return_inverse=True)
+        combos = np.empty(len(uniq), dtype=object)
+        rem = uniq.copy()
+        pieces = []
+        for mapped in reversed(parts):
+            size = max(len(mapped), 1)
+            pieces.append(mapped[rem % size] if len(mapped) else np.full(len(uniq), None, dtype=object))
+            rem = rem // size
+        pieces = pieces[::-1]
+        for i in range(len(uniq)):
+            bits = [p[i] for p in pieces]
+            combos[i] = None if any(b is None for b in bits) else ":".join(bits)
+        out = index.get_indexer(combos)[inverse.ravel()]
+        out[missing] = -1
+        return out.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -59,6 +198,7 @@ class Hierarchy:
 
     @classmethod
     def build(cls, spec: ModelSpec, data: pd.DataFrame, root: str = ROOT) -> "Hierarchy":
+        kept: dict[str, LabelColumn] = {}
         prepared = []
         for lv in spec.levels:
             codes, labels = factorize(data, lv.factor)
@@ -86,7 +226,11 @@ class Hierarchy:
                         coarse = Level(spec=lv, labels=labels, codes=codes, parent=np.zeros(len(labels), dtype=np.int64), depth=depth)
                         _parent_map(coarse, prev.spec, prev.labels, prev.codes)
                     raise
-            levels.append(Level(spec=lv, labels=labels, codes=codes, parent=parent, depth=depth))
+            for c in lv.factor:
+                if c not in kept:
+                    kept[c] = LabelColumn.from_series(data[c])
+            levels.append(Level(spec=lv, labels=labels, codes=codes, parent=parent, depth=depth,
+                                columns=tuple(kept[c] for c in lv.factor)))
         return cls(levels=tuple(levels), root=root)
 
     @property
@@ -116,8 +260,8 @@ class Hierarchy:
 
 
 def factor_labels(data: pd.DataFrame, factor: tuple[str, ...]) -> np.ndarray:
-    """Row labels of a (possibly interaction) grouping factor, as strings ``a:b``."""
-    cols = [data[c].astype(str).to_numpy(dtype=object) for c in factor]
+    """Row labels of a (possibly interaction) grouping factor, as strings ``a:b`` (a missing value: ``nan``)."""
+    cols = [data[c].astype(str).to_numpy(dtype=object, na_value="nan") for c in factor]
     if len(cols) == 1:
         return cols[0]
     out = cols[0]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -22,12 +23,48 @@ import numpy as np
 import pandas as pd
 
 from .design import ModelData
-from .errors import DataError
+from .errors import DataError, UnseenLevelsWarning
+from .hierarchy import column_kind, factor_labels
 from .spec import INTERCEPT, ModelSpec
 
 TIDY_COLUMNS = ["effect", "group", "level", "term", "estimate", "std_error", "conf_low", "conf_high"]
 KEY = ["effect", "group", "level", "term"]
 RESIDUAL = "Residual"
+
+
+def _dtype_notes(lv, data: pd.DataFrame) -> list[str]:
+    """``"school is float64 here, int64 when fitting"`` for each grouping column whose kind changed."""
+    return [f"{c.name} is {data[c.name].dtype} here, {c.dtype} when fitting" for c in lv.columns
+            if column_kind(data[c.name]) != c.kind]
+
+
+def check_unseen(unseen: dict, groups: dict, seen: dict, allow_new_levels: bool | None, where: str,
+                 rows: int | None = None, stacklevel: int = 2) -> None:
+    """Warn about (None), accept (True) or refuse (False) rows whose group label was not seen in fitting.
+
+    ``unseen``: rows per level; ``groups``: distinct labels per level; ``seen``: ``{"examples": some labels
+    per level, "notes": per level, grouping columns whose dtype changed since fitting}``;
+    ``rows``: rows predicted; ``stacklevel``: the warning's, as seen from the function that calls this one.
+    """
+    if allow_new_levels not in (None, True, False):
+        raise ValueError(f"allow_new_levels must be True, False or None, got {allow_new_levels!r}")
+    bad = {g: n for g, n in unseen.items() if n}
+    if not bad or allow_new_levels is True:
+        return
+    of = f" of {rows}" if rows is not None else ""
+    examples, notes = seen.get("examples", {}), seen.get("notes", {})
+    text = "; ".join(
+        f"{n}{of} rows have a {g} not seen in fitting ({groups.get(g, '?')} label"
+        f"{'' if groups.get(g) == 1 else 's'}, e.g. {', '.join(repr(x) for x in examples.get(g, [])[:5])})"
+        + "".join(f" ({x})" for x in notes.get(g, []))
+        for g, n in bad.items())
+    if allow_new_levels is False:
+        raise DataError(f"{where}(): {text}; allow_new_levels=False refuses new groups. Check that the labels are "
+                        "the fitted groups' (same values, same coding), or pass allow_new_levels=True to predict "
+                        "them at the population level")
+    warnings.warn(f"{where}(): {text}; they get the population level (deviation 0) there. Pass "
+                  "allow_new_levels=True to accept new groups silently, or False to refuse them",
+                  UnseenLevelsWarning, stacklevel=stacklevel + 1)
 
 
 def tidy_frame(rows: list[dict]) -> pd.DataFrame:
@@ -203,16 +240,35 @@ class Fit:
         return None if value is None else bool(value)
 
     # ------------------------------------------------------------------ prediction
-    def decompose(self, newdata: pd.DataFrame | None = None) -> pd.DataFrame:
+    def decompose(self, newdata: pd.DataFrame | None = None, allow_new_levels: bool | None = None) -> pd.DataFrame:
         """Split each row's linear predictor into national + level parts.
 
         Columns: ``national`` (the fixed part X beta), ``nonlinear`` (the learned f(x) of the machine-learning
         backends, absent otherwise), then ``"<group>|<term>"`` for every varying term of
         every level (intercept deviations, and slope deviations times the covariate), then ``prediction``,
-        their sum, which is what :meth:`predict` returns on the link scale. A label not seen in fitting
-        contributes 0 (population level) at that level and below it only where its own label is unseen;
-        ``result.attrs['unseen']`` counts such rows per group.
+        their sum, which is what :meth:`predict` returns on the link scale.
+
+        Group labels in ``newdata`` are matched to the fitted groups by value, whatever the column's dtype now
+        (integer ids read back as floats or text still name their groups; see :mod:`hiercompare.hierarchy`).
+        A label not seen in fitting contributes 0 (the population level) at that level, and below it only
+        where its own label is unseen. ``result.attrs['unseen']`` counts such rows per level and
+        ``result.attrs['unseen_groups']`` the distinct unseen labels per level.
+
+        allow_new_levels : bool, optional
+            None (default): unseen labels are predicted at the population level with an
+            :class:`~hiercompare.errors.UnseenLevelsWarning` that counts them; True: the same, silently (new
+            groups asked for, as in grouped cross-validation); False: refuse them, as brms's
+            ``allow_new_levels = FALSE``: a :class:`~hiercompare.errors.DataError` naming the level, the rows
+            and example labels.
         """
+        out, seen = self._decompose(newdata)
+        check_unseen(out.attrs["unseen"], out.attrs["unseen_groups"], seen, allow_new_levels, "decompose",
+                     rows=len(out), stacklevel=2)
+        return out
+
+    def _decompose(self, newdata: pd.DataFrame | None) -> tuple[pd.DataFrame, dict]:
+        """decompose() without the unseen-label check; also returns ``{"examples": the distinct unseen labels
+        per level, "notes": per level, the grouping columns whose kind changed since fitting}``."""
         md = self._require_model()
         data = md.data if newdata is None else newdata
         X = md.X if newdata is None else md.fixed_matrix(newdata)
@@ -226,11 +282,19 @@ class Fit:
         parts = {"national": X @ fe.to_numpy()}
         if self.nonlinear is not None:
             parts["nonlinear"] = np.asarray(self.nonlinear(data), dtype=float)
-        unseen = {}
+        unseen, groups, examples, notes = {}, {}, {}, {}
         ran = self.ranef() if md.hierarchy.levels else {}
         for lv in md.hierarchy.levels:
             codes = lv.codes if newdata is None else lv.codes_for(newdata)
-            unseen[lv.group] = int((codes < 0).sum())
+            new = codes < 0
+            unseen[lv.group] = int(new.sum())
+            groups[lv.group] = 0
+            if new.any():
+                labels = pd.unique(factor_labels(data.iloc[np.flatnonzero(new)], lv.spec.factor))
+                groups[lv.group] = len(labels)
+                examples[lv.group] = [str(x) for x in labels]
+                if newdata is not None:
+                    notes[lv.group] = _dtype_notes(lv, newdata)
             Z = md.Z[lv.group] if newdata is None else md.z_matrix(lv.group, newdata)
             table = ran.get(lv.group)
             for j, term in enumerate(lv.spec.terms):
@@ -244,18 +308,30 @@ class Fit:
         out = pd.DataFrame(parts, index=data.index)
         out["prediction"] = out.sum(axis=1)
         out.attrs["unseen"] = unseen
-        return out
+        out.attrs["unseen_groups"] = groups
+        return out, {"examples": examples, "notes": notes}
 
-    def predict(self, newdata: pd.DataFrame | None = None, type: str = "link") -> np.ndarray:
+    def predict(self, newdata: pd.DataFrame | None = None, type: str = "link",
+                allow_new_levels: bool | None = None) -> np.ndarray:
         """Predictions: fixed part plus every level's deviation (0 for labels unseen in fitting).
 
         ``type='response'`` applies the inverse link (logistic for binomial, exp for poisson).
+        ``allow_new_levels`` as in :meth:`decompose`: None warns about unseen group labels (counted per level),
+        True accepts them silently, False refuses them with a DataError.
+
+        Examples
+        --------
+        >>> fit.predict(newdata, allow_new_levels=False)  # doctest: +SKIP
+        DataError: predict(): 12 of 40 rows have a school not seen in fitting (3 labels, e.g. '31', '32', '33') ...
         """
-        eta = self.decompose(newdata)["prediction"].to_numpy()
+        if type not in ("link", "response"):
+            raise ValueError("type must be 'link' or 'response'")
+        parts, seen = self._decompose(newdata)
+        check_unseen(parts.attrs["unseen"], parts.attrs["unseen_groups"], seen, allow_new_levels, "predict",
+                     rows=len(parts), stacklevel=2)
+        eta = parts["prediction"].to_numpy()
         if type == "link" or self.spec.family == "gaussian":
             return eta
-        if type != "response":
-            raise ValueError("type must be 'link' or 'response'")
         return 1 / (1 + np.exp(-eta)) if self.spec.family == "binomial" else np.exp(eta)
 
     def _require_model(self) -> ModelData:
@@ -356,4 +432,4 @@ def _json_default(o):
 
 
 __all__ = ["Fit", "Truth", "TIDY_COLUMNS", "KEY", "RESIDUAL", "INTERCEPT", "tidy_frame", "sd_term", "cor_term",
-           "wald_interval", "normal_quantile", "convergence_text", "NOT_ASSESSED"]
+           "wald_interval", "normal_quantile", "convergence_text", "NOT_ASSESSED", "check_unseen"]

@@ -12,7 +12,7 @@ from ._version import __version__
 from .agreement import compare
 from .backends import available_backends, backends
 from .errors import (BackendError, BackendUnavailable, ConvergenceWarning, CrossedFactorsError, DataError,
-                     HierCompareError, NestingError, SpecError, StudyError)
+                     HierCompareError, NestingError, SpecError, StudyError, UnseenLevelsWarning)
 from .fitting import fit
 from .hierarchy import Hierarchy
 from .performance import performance
@@ -47,5 +47,5 @@ __all__ = [
     "Study", "compare_data", "datasets", "performance", "ModelSpec", "Scenario", "LevelScenario", "Hierarchy", "Fit", "Truth",
     "HierCompareError", "SpecError", "DataError", "NestingError", "CrossedFactorsError", "BackendUnavailable", "BackendError",
     "StudyError",
-    "ConvergenceWarning",
+    "ConvergenceWarning", "UnseenLevelsWarning",
 ]

@@ -97,7 +97,8 @@ def _cmd_compare(args) -> int:
                         family=args.family, method=args.method.upper(), out=args.out, cv=cv, cv_folds=args.cv_folds,
                         cv_backends=args.cv_backends.split(",") if args.cv_backends else None,
                         bootstrap=args.bootstrap, workers=args.workers, scheduler=args.scheduler, seed=args.seed,
-                        na_action=args.na_action, allfit=args.allfit)
+                        na_action=args.na_action, allfit=args.allfit, stream=args.stream,
+                        subsample=args.subsample, batch_rows=args.batch_rows)
     diag = comp.tables.get("diagnosis")
     n_unexplained = int((~diag["explained"].astype(bool)).sum()) if diag is not None and not diag.empty else 0
     print(f"{len(comp.results['formulas'])} formula(s) x {len(comp.results['backends'])} backend(s); "
@@ -198,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--na-action", choices=["error", "drop"], default="error",
                    help="rows missing a used value: an error, or dropped (and listed in the report)")
     c.add_argument("--allfit", action="store_true", help="refit lme4 under every optimizer where it disagrees")
+    c.add_argument("--stream", action="store_true",
+                   help="read DATA in batches: native fits every formula on all rows (memory bounded by groups, "
+                        "not rows); the other backends need --subsample")
+    c.add_argument("--subsample", type=int, default=None,
+                   help="with --stream: also fit every backend on a uniform random sample of N rows (by --seed)")
+    c.add_argument("--batch-rows", type=int, default=None, help="with --stream: rows per batch (default 1048576)")
     c.set_defaults(func=_cmd_compare)
 
     st = sub.add_parser("study", help="run (or resume) a simulation study from a TOML config")

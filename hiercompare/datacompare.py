@@ -150,8 +150,15 @@ def describe_tree(md, formula: str) -> pd.DataFrame:
     and groups per parent group."""
     rows = []
     levels = md.hierarchy.levels
+    leaf_rows = getattr(md, "leaf_rows", None)
+    per_level = {}
+    if leaf_rows is not None and levels:  # a streamed fit kept rows per leaf only: add them up the tree
+        per_level[len(levels) - 1] = np.asarray(leaf_rows, dtype=np.int64)
+        for i in range(len(levels) - 1, 0, -1):
+            per_level[i - 1] = np.bincount(np.asarray(levels[i].parent), weights=per_level[i],
+                                           minlength=levels[i - 1].n_groups).astype(np.int64)
     for i, lv in enumerate(levels):
-        counts = np.bincount(lv.codes, minlength=lv.n_groups)
+        counts = per_level[i] if i in per_level else np.bincount(lv.codes, minlength=lv.n_groups)
         row = {"formula": formula, "level": lv.group, "depth": i + 1, "groups": lv.n_groups,
                "rows_min": int(counts.min()), "rows_median": float(np.median(counts)), "rows_max": int(counts.max()),
                "singletons": int((counts == 1).sum()), "varying_terms": ", ".join(lv.spec.terms)}
@@ -443,6 +450,9 @@ def compare_data(
     na_action: str = "error",
     options: dict[str, dict] | None = None,
     allfit: bool = False,
+    stream: bool = False,
+    subsample: int | None = None,
+    batch_rows: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> DataComparison:
     """Fit every backend on every formula on ``data`` and explain where they differ.
@@ -477,12 +487,45 @@ def compare_data(
         Backend options (default :data:`DEFAULT_OPTIONS` for pymc and brms).
     allfit : bool
         Where lme4 disagrees with another engine, refit it under every optimizer and show the spread.
+    stream : bool
+        Read ``data`` (a Parquet or CSV path, a pyarrow dataset or a Dask DataFrame, with ``scheduler``) in
+        batches: native fits every formula on ALL rows, memory bounded by groups and columns
+        (:mod:`hiercompare.sources`), and the likelihood-ratio tests and information criteria use those fits.
+        The other backends need the rows in memory: they are listed as not applicable, unless ``subsample``
+        is given.
+    subsample : int, optional
+        With ``stream``: every backend (native too) is also fitted on a uniform random sample of this many rows
+        (drawn by ``seed``; :func:`hiercompare.sources.subsample`), and agreement, diagnosis, cross-validation,
+        pictures and the bootstrap run on that sample; the report says so.
+    batch_rows : int, optional
+        Rows per batch when streaming.
     """
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
-    source = str(data) if not isinstance(data, pd.DataFrame) else "DataFrame"
-    frame = data if isinstance(data, pd.DataFrame) else read_data(data)
+    from .sources import is_source, source_name
+
     specs = _specs(formulas, family)
+    if subsample is not None and not stream:
+        raise SpecError("subsample= is for a source read in batches (stream=True, --stream); data read whole is "
+                        "fitted on every row")
+    if stream:
+        if isinstance(data, pd.DataFrame) or not is_source(data):
+            raise SpecError("stream=True reads a Parquet or CSV file, a pyarrow dataset or a Dask DataFrame in "
+                            "batches; this data is already in memory, so leave stream off")
+        if bootstrap and not subsample:
+            raise SpecError("the bootstrap refits every backend on rows in memory: with stream=True pass "
+                            "subsample=N (--subsample N) to run it on a random sample")
+        source = source_name(data)
+        frame = None
+        if subsample:
+            from .sources import subsample as draw_sample
+
+            used = list(dict.fromkeys(c for sp in specs for c in sp.variables))
+            labels = tuple(dict.fromkeys(c for sp in specs for c in sp.grouping_variables))
+            frame = draw_sample(data, int(subsample), seed=seed, columns=used, labels=labels, batch_rows=batch_rows)
+    else:
+        source = str(data) if not isinstance(data, pd.DataFrame) else "DataFrame"
+        frame = data if isinstance(data, pd.DataFrame) else read_data(data)
     if len({s.family for s in specs}) > 1:
         raise SpecError("every formula must have the same family")
     fam = specs[0].family
@@ -497,40 +540,79 @@ def compare_data(
     if int(cv_folds) < 2:
         raise SpecError(f"cv_folds must be at least 2, got {cv_folds}")
     opts = {**DEFAULT_OPTIONS, **(options or {})}
-    rows, dropped = clean_rows(frame, specs, na_action)
-    if len(rows) == 0:
-        raise DataError("no rows left after dropping rows with missing values")
-    # the trees (errors on bad nesting, single groups, ... come here, before any fit)
     from .design import prepare
 
-    models = {s.formula: prepare(s, rows) for s in specs}
-    levels = {s.formula: _cv_levels(cv, models[s.formula]) for s in specs}
-    definition = {"data": source, "data_sha256": data_fingerprint(rows), "rows": len(rows),
+    if frame is not None:
+        rows, dropped = clean_rows(frame, specs, na_action)
+        if len(rows) == 0:
+            raise DataError("no rows left after dropping rows with missing values")
+        # the trees (errors on bad nesting, single groups, ... come here, before any fit)
+        models = {s.formula: prepare(s, rows) for s in specs}
+        levels = {s.formula: _cv_levels(cv, models[s.formula]) for s in specs}
+    else:  # streamed, no sample: native on all rows only
+        rows, dropped, models, levels = None, pd.DataFrame(columns=["column", "rows_missing", "used_by"]), {}, {}
+    definition = {"data": source, "data_sha256": data_fingerprint(rows) if rows is not None else None,
+                  "rows": len(rows) if rows is not None else None,
                   "formulas": [s.formula for s in specs], "family": fam, "method": method, "backends": names,
                   "cv": levels, "cv_folds": int(cv_folds), "cv_backends": cv_names, "bootstrap": int(bootstrap),
                   "seed": int(seed), "na_action": na_action, "options": opts, "allfit": bool(allfit)}
+    if stream:
+        definition.update(stream=True, subsample=int(subsample) if subsample else None,
+                          source_fingerprint=source_fingerprint(data))
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     store = UnitStore(out_dir, definition)
     stages: dict[str, float] = {}
     tables: dict[str, pd.DataFrame] = {}
+    full: dict[str, Any] = {}
+    if stream:  # native on ALL rows, read in batches
+        t0 = time.perf_counter()
+        full = _streamed_fits(data, specs, method, na_action, batch_rows, scheduler, store, say)
+        stages["streamed_native_fits"] = time.perf_counter() - t0
+        if rows is None:
+            models = {s.formula: full[s.formula][method].model for s in specs if method in full[s.formula]}
 
     # 1. the data
-    tables["data_columns"] = describe_columns(frame, specs)
+    tables["data_columns"] = (describe_columns(frame, specs) if frame is not None and not stream
+                              else describe_source_columns(data, specs, sample=frame))
     tables["data_dropped"] = dropped
-    tables["data_tree"] = pd.concat([describe_tree(models[s.formula], s.formula) for s in specs], ignore_index=True)
+    trees = [describe_tree(models[s.formula], s.formula) for s in specs if s.formula in models]
+    if stream and rows is not None:  # the tree of ALL rows, from the streamed fits
+        trees = [describe_tree(full[s.formula][method].model, s.formula).assign(rows_of="all rows")
+                 for s in specs if method in full[s.formula]]
+    tables["data_tree"] = pd.concat(trees, ignore_index=True) if trees else pd.DataFrame()
 
     # 2. fits
-    say(f"fitting {len(names)} backend(s) on {len(specs)} formula(s), {len(rows)} rows ...")
     t0 = time.perf_counter()
-    tasks = [(f"fit|{s.formula}|{b}", {"label": f"{b}: {s.formula}", "backend": b, "spec": s, "data": rows,
-                                       "method": method, "seed": seed, "options": opts.get(b, {})})
-             for s in specs for b in names]
-    done = _run_tasks(tasks, fit_unit, store, workers, scheduler, say)
+    if rows is not None:
+        say(f"fitting {len(names)} backend(s) on {len(specs)} formula(s), {len(rows)} rows"
+            + (f" (a random sample of the source's rows, seed {seed})" if stream else "") + " ...")
+        tasks = [(f"fit|{s.formula}|{b}", {"label": f"{b}: {s.formula}", "backend": b, "spec": s, "data": rows,
+                                           "method": method, "seed": seed, "options": opts.get(b, {})})
+                 for s in specs for b in names]
+        done = _run_tasks(tasks, fit_unit, store, workers, scheduler, say)
+    else:
+        why = ("needs the rows in memory and the data is read in batches (stream); pass subsample=N "
+               "(--subsample N) to fit it on a random sample of N rows")
+        tasks = [(f"fit|{s.formula}|{b}", {"backend": b, "spec": s}) for s in specs for b in names if b != "native"]
+        done = {k: {"status": "not applicable", "reason": f"{t['backend']} {why}"} for k, t in tasks}
     stages["fits"] = time.perf_counter() - t0
     fits: dict[str, dict] = {s.formula: {} for s in specs}
     status_rows, tidy_frames = [], []
+    for s in specs:  # native on all rows first
+        f = full.get(s.formula, {}).get(method)
+        if f is None:
+            continue
+        d = f.diagnostics
+        status_rows.append({"formula": s.formula, "backend": ALL_ROWS, "status": "ok",
+                            "reason": f"{f.nobs} rows read in batches from {source}", "method": f.method,
+                            "converged": d.get("converged"), "singular": d.get("singular"), "loglik": f.loglik,
+                            "fit_seconds": f.timing.get("total_seconds"),
+                            "warnings": " | ".join(d.get("warnings", []))[:2000]})
+        t = f.tidy().assign(backend=ALL_ROWS)
+        t.insert(0, "formula", s.formula)
+        tidy_frames.append(t)
     for (key, task) in tasks:
         res = done[key]
         f_ = task["spec"].formula
@@ -548,6 +630,14 @@ def compare_data(
         status_rows.append(row)
     tables["fits"] = pd.DataFrame(status_rows)
     tables["estimates"] = pd.concat(tidy_frames, ignore_index=True) if tidy_frames else pd.DataFrame()
+
+    if rows is None:  # streamed without a sample: native on all rows, the model comparison, nothing else
+        t0 = time.perf_counter()
+        tables.update(_model_comparison(None, specs, fits, store, say,
+                                        ml=[full[s.formula]["ML"] for s in specs if "ML" in full[s.formula]]))
+        stages["model_comparison"] = time.perf_counter() - t0
+        return _finish(source, rows, specs, fits, tables, definition, names, [], models, [], stages, out_dir,
+                       t_start, say)
 
     # 3. agreement and diagnosis
     from .agreement import compare, summary
@@ -590,7 +680,9 @@ def compare_data(
 
     # 4. model comparison across formulas
     t0 = time.perf_counter()
-    tables.update(_model_comparison(rows, specs, fits, store, say))
+    tables.update(_model_comparison(rows, specs, fits, store, say,
+                                    ml=[full[s.formula]["ML"] for s in specs if "ML" in full[s.formula]]
+                                    if stream else None))
     stages["model_comparison"] = time.perf_counter() - t0
 
     # 5. cross-validation
@@ -635,6 +727,13 @@ def compare_data(
     t0 = time.perf_counter()
     figures = _figures(rows, specs, fits, tables, say)
     stages["pictures"] = time.perf_counter() - t0
+    return _finish(source, rows, specs, fits, tables, definition, names, cv_names, models, figures, stages, out_dir,
+                   t_start, say)
+
+
+def _finish(source, rows, specs, fits, tables, definition, names, cv_names, models, figures, stages, out_dir,
+            t_start, say) -> "DataComparison":
+    """The results dictionary, the DataComparison, and (with a folder) the report, tables and results.json."""
     results = _results(source, rows, specs, fits, tables, definition, names, cv_names, models)
     results["figures"] = figures
     stages["total"] = time.perf_counter() - t_start
@@ -655,13 +754,18 @@ def compare_data(
     return comp
 
 
-def _model_comparison(rows, specs, fits, store: UnitStore, say) -> dict[str, pd.DataFrame]:
-    """ML refits (native) for the information criteria and the likelihood-ratio tests; PSIS-LOO of the Bayesian
-    fits."""
+def _model_comparison(rows, specs, fits, store: UnitStore, say, ml=None) -> dict[str, pd.DataFrame]:
+    """ML refits (native) for the information criteria and the likelihood-ratio tests (``ml``: given, e.g. the
+    streamed fits on all rows); PSIS-LOO of the Bayesian fits."""
     from .comparison import information_criteria, loo_table, lrt_table
 
     out: dict[str, pd.DataFrame] = {}
-    if specs[0].family == "gaussian" and all(s.groups for s in specs):
+    if ml is not None:
+        if ml:
+            out["information_criteria"] = information_criteria(ml)
+            if len(ml) >= 2:
+                out["lrt"] = lrt_table(ml)
+    elif specs[0].family == "gaussian" and all(s.groups for s in specs):
         key = "ml_refits|native"
         ml = store.get(key) if store.has(key) else None
         if ml is None:
@@ -686,6 +790,70 @@ def _model_comparison(rows, specs, fits, store: UnitStore, say) -> dict[str, pd.
         except HierCompareError as exc:
             say(f"  PSIS-LOO unavailable: {exc}")
     return out
+
+
+ALL_ROWS = "native (all rows)"
+
+
+def _streamed_fits(data, specs, method, na_action, batch_rows, scheduler, store: UnitStore, say) -> dict:
+    """native on every row of a source read in batches, per formula: the fit at ``method`` and an ML fit (the
+    model comparison's), each saved as it completes."""
+    from .fitting import fit
+
+    out: dict[str, dict] = {}
+    for s in specs:
+        out[s.formula] = {}
+        for m in dict.fromkeys([method, "ML"]):
+            if s.family != "gaussian" and m == "ML" and m != method:
+                continue
+            key = f"stream|{s.formula}|{m}"
+            f = store.get(key) if store.has(key) else None
+            if f is None:
+                say(f"native ({m}) on all rows, read in batches: {s.formula} ...")
+                f = fit(data, s, backend="native", method=m, na_action=na_action, batch_rows=batch_rows,
+                        scheduler=scheduler)
+                say(f"      {f.nobs} rows in {f.timing['total_seconds']:.1f} s")
+                store.put(key, f)
+            out[s.formula][m] = f
+    return out
+
+
+def source_fingerprint(data) -> str:
+    """What a resumed streamed run must find unchanged: each file's name, size and modification time (a pyarrow
+    or Dask object: its name)."""
+    from .sources import source_name
+
+    if isinstance(data, (str, os.PathLike)):
+        p = Path(data)
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        text = json.dumps([(str(q), q.stat().st_size, q.stat().st_mtime_ns) for q in files])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return source_name(data)
+
+
+def describe_source_columns(data, specs: list[ModelSpec], sample: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The columns of a source read in batches: name, type and role from its schema (missing values are counted
+    by the fits, which drop or refuse them); with a sample, its distinct values and an example."""
+    import pyarrow as pa
+
+    from .sources import _dataset, _is_dask
+
+    if _is_dask(data):
+        schema = [(c, str(t)) for c, t in data.dtypes.items()]
+    else:
+        ds_ = _dataset(data)
+        sch = ds_.schema if hasattr(ds_, "schema") else pa.schema([])
+        schema = [(f.name, str(f.type)) for f in sch]
+    rows = []
+    for c, t in schema:
+        roles = sorted({("response" if c == s.response else "grouping" if c in s.grouping_variables else
+                         "predictor") for s in specs if c in s.variables})
+        row = {"column": c, "dtype": t, "role": ", ".join(roles) or "unused"}
+        if sample is not None and c in sample.columns:
+            row.update(distinct_in_sample=int(sample[c].nunique()), example=str(sample[c].dropna().iloc[0])
+                       if sample[c].notna().any() else "")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 PARTIAL_POOLING = ("native", "lme4", "mixedlm", "pymc", "brms", "lightgbm", "torch")
@@ -767,13 +935,16 @@ def _results(source, rows, specs, fits, tables, definition, names, cv_names, mod
     from ._version import __version__
     from .provenance import git_commit, package_versions
 
-    hier = {s.formula: models[s.formula].hierarchy.describe() for s in specs}
+    hier = {s.formula: models[s.formula].hierarchy.describe() for s in specs if s.formula in models}
+    all_rows = tables["fits"].loc[tables["fits"]["backend"] == ALL_ROWS, "reason"] if "fits" in tables else []
     return {
         "title": f"hiercompare: {len(names)} backends on {Path(source).name if source != 'DataFrame' else 'a data frame'}",
         "source": source,
         "formulas": [s.formula for s in specs],
         "family": specs[0].family,
-        "nobs": len(rows),
+        "nobs": len(rows) if rows is not None else None,
+        "stream": ({"subsample": definition.get("subsample"), "native_all_rows": list(all_rows)}
+                   if definition.get("stream") else None),
         "hierarchy": hier,
         "backends": names,
         "cv_backends": cv_names,

@@ -154,3 +154,77 @@ def test_labels_are_escaped_in_the_report(tmp_path):
     html = (tmp_path / "x" / "report.html").read_text()
     assert "<script>alert" not in html and "&lt;script&gt;alert" in html
     assert len(comp.table("fits")) == 2
+
+
+# ---------------------------------------------------------------------------------------------- streamed sources
+SEED_F = ["y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)",
+          "y ~ x1 + x2 + (1 | market) + (1 | market:submarket)"]
+
+
+@pytest.fixture(scope="module")
+def parquet(tmp_path_factory):
+    from hiercompare.simulate import simulate_to_parquet
+
+    path = tmp_path_factory.mktemp("pq") / "seed.parquet"
+    simulate_to_parquet(hc.Scenario(), path, seed=4, chunk_rows=700)
+    return path
+
+
+def test_a_streamed_source_gets_native_on_all_rows_and_reasons_for_the_rest(parquet, tmp_path):
+    comp = compare_data(parquet, SEED_F, backends=["native", "ols"], stream=True, batch_rows=900,
+                        out=tmp_path / "s", progress=lambda m: None)
+    fits = comp.table("fits")
+    allrows = fits[fits.backend == "native (all rows)"]
+    assert len(allrows) == 2 and (allrows.status == "ok").all()
+    ols = fits[fits.backend == "ols"]
+    assert (ols.status == "not applicable").all() and ols.reason.str.contains("--subsample").all()
+    # the streamed fits are the in-memory fits, and so are the LRT and the information criteria
+    data = pd.read_parquet(parquet)
+    mem = [hc.fit(data, f, backend="native", method="ML") for f in SEED_F]
+    from hiercompare.comparison import information_criteria, lrt_table
+
+    ic, lrt = information_criteria(mem), lrt_table(mem)
+    np.testing.assert_allclose(comp.table("information_criteria")["AIC"], ic["AIC"], rtol=1e-10)
+    np.testing.assert_allclose(comp.table("lrt")["statistic"], lrt["statistic"], rtol=1e-7)
+    est = comp.table("estimates")
+    reml = hc.fit(data, SEED_F[0], backend="native")
+    mine = est[(est.formula == reml.spec.formula) & (est.backend == "native (all rows)")]
+    np.testing.assert_allclose(mine["estimate"].to_numpy(), reml.tidy()["estimate"].to_numpy(), rtol=1e-7, atol=1e-9)
+    tree = comp.table("data_tree").set_index(["formula", "level"])
+    assert tree.loc[(reml.spec.formula, "market:submarket"), "rows_max"] == 100
+    assert "Read in batches" in (tmp_path / "s" / "report.html").read_text()
+
+
+def test_a_streamed_source_with_a_subsample_fits_every_backend_on_it(parquet, tmp_path):
+    comp = compare_data(parquet, SEED_F[:1], backends=["native", "mixedlm"], stream=True, subsample=800, seed=3,
+                        cv=None, progress=lambda m: None)
+    fits = comp.table("fits").set_index("backend")
+    assert fits.loc["native (all rows)", "status"] == "ok" and fits.loc["mixedlm", "status"] == "ok"
+    sample_fit = comp.fits[comp.results["formulas"][0]]["native"]
+    assert sample_fit.nobs == 800
+    from hiercompare.sources import subsample
+
+    rows = subsample(parquet, 800, seed=3, columns=["y", "x1", "x2", "market", "submarket"],
+                     labels=("market", "submarket"))
+    again = hc.fit(rows, SEED_F[0], backend="native")
+    assert again.loglik == pytest.approx(sample_fit.loglik, rel=1e-12)
+    assert not comp.table("agreement").empty  # agreement among the sample's fits
+
+
+def test_streaming_refusals(parquet):
+    data = pd.read_parquet(parquet)
+    with pytest.raises(hc.SpecError, match="already in memory"):
+        compare_data(data, SEED_F, backends=["native"], stream=True, progress=lambda m: None)
+    with pytest.raises(hc.SpecError, match="subsample= is for a source read in batches"):
+        compare_data(parquet, SEED_F, backends=["native"], subsample=10, progress=lambda m: None)
+    with pytest.raises(hc.SpecError, match="bootstrap.*subsample"):
+        compare_data(parquet, SEED_F, backends=["native"], stream=True, bootstrap=5, progress=lambda m: None)
+
+
+def test_cli_compare_streams(parquet, tmp_path):
+    out = tmp_path / "cli"
+    code = main(["compare", str(parquet), "--formula", SEED_F[1], "--backends", "native,ols", "--stream",
+                 "--subsample", "600", "--cv", "none", "--out", str(out)])
+    assert code == 0
+    fits = pd.read_csv(out / "tables" / "fits.csv").set_index("backend")
+    assert fits.loc["ols", "status"] == "ok" and fits.loc["native (all rows)", "status"] == "ok"

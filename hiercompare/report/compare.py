@@ -143,7 +143,7 @@ def render_compare(results: dict, figures: list[dict] | None = None) -> str:
         version=prov.get("hiercompare", ""), source=results.get("source", ""), formulas=results["formulas"],
         family=results.get("family", "gaussian"), nobs=results.get("nobs"), backends=results.get("backends", []),
         cv_backends=results.get("cv_backends", []), cv_opt_in=results.get("cv_opt_in", []),
-        definition=definition, unexplained=unexplained, t=tables, estimates=_estimate_tables(results),
+        definition=definition, stream=results.get("stream"), unexplained=unexplained, t=tables, estimates=_estimate_tables(results),
         messages=_messages(results), figures=figures if figures is not None else results.get("figures", []),
         bootstrap=_table(results, "bootstrap_summary"), provenance_rows=provenance_rows,
         stages={k: f"{v:.1f} s" for k, v in results.get("timing_stages", {}).items() if isinstance(v, float)},

@@ -46,15 +46,14 @@ def markdown_table(df: pd.DataFrame) -> str:
 def _demo_hierarchy(results: dict, tidy: pd.DataFrame) -> dict | None:
     """The hierarchy diagram of a demo: one backend's intercept offsets on the tree (None without group effects).
 
-    The backend is the first of :data:`hiercompare.report.study.TREE_BACKENDS` that ran (else the first with
+    The backend is the first of :data:`hiercompare.report.plots.TREE_BACKENDS` that ran (else the first with
     group effects); a label's parent is its part before the last ``:`` (the demo's labels are ``market:sub``).
     """
-    from .study import TREE_BACKENDS
 
     levels_info = results.get("hierarchy", {}).get("levels", [])
     rv = tidy[tidy["effect"] == "ran_vals"]
     present = list(dict.fromkeys(rv.loc[rv["estimate"].notna(), "backend"]))
-    backend = next((b for b in TREE_BACKENDS if b in present), present[0] if present else None)
+    backend = next((b for b in plots.TREE_BACKENDS if b in present), present[0] if present else None)
     if backend is None or not levels_info:
         return None
     sub = tidy[tidy["backend"] == backend]

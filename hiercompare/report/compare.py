@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
+from ..results import NOT_ASSESSED
 from . import _fmt
 
 # table name -> (columns shown, text columns); columns absent from a table are skipped
@@ -42,14 +43,22 @@ NUMERIC_TEXT = {"formula", "backend", "status", "method", "reason", "pair", "par
                 "term", "group", "effect"}
 
 
+def _cell(column: str, value, row: dict) -> str:
+    if column == "converged" and row.get("status", "ok") == "ok" and (
+            value is None or (isinstance(value, float) and np.isnan(value))):
+        return NOT_ASSESSED  # the engine makes no assessment (closed form, or a baseline)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return _fmt(value)
+
+
 def _table(results: dict, name: str, cols: list[str] | None = None) -> dict:
     rows = results.get("tables", {}).get(name, [])
     if not rows:
         return {"rows": [], "cols": [], "text": []}
     have = list(rows[0].keys())
     cols = [c for c in (cols or SHOWN.get(name) or have) if c in have]
-    out = [{c: _fmt(r.get(c)) if not isinstance(r.get(c), (dict, list)) else json.dumps(r.get(c)) for c in cols}
-           for r in rows]
+    out = [{c: _cell(c, r.get(c), r) for c in cols} for r in rows]
     return {"rows": out, "cols": cols, "text": [c for c in cols if c in NUMERIC_TEXT]}
 
 

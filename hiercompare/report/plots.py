@@ -14,6 +14,9 @@ from ..errors import HierCompareError
 from ..spec import INTERCEPT
 
 
+# backends whose estimates annotate the hierarchy diagram, in order of preference (the first that ran)
+TREE_BACKENDS = ("native", "lme4", "mixedlm", "pymc", "lightgbm", "torch")
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 

@@ -28,7 +28,6 @@ from . import _fmt, plots
 #: (Python backend, R backend) pairs compared in the agreement section, when both ran.
 PAIRS = [("ols", "r_lm"), ("mixedlm", "lme4"), ("native", "lme4")]
 #: Backends preferred for the hierarchy diagram, in order (else the first backend with group effects).
-TREE_BACKENDS = ("native", "lme4", "mixedlm", "pymc", "lightgbm", "torch")
 LIGHTGBM_BACKENDS = ("lightgbm", "lightgbm-cat")
 TABLES_DIR = "report_tables"
 
@@ -200,7 +199,7 @@ def _first_rep(results: pd.DataFrame, scenario: str) -> int:
 def _tree_backend(results: pd.DataFrame, scenario: str) -> str | None:
     rv = results[(results["scenario"] == scenario) & (results["effect"] == "ran_vals") & results["estimate"].notna()]
     present = list(dict.fromkeys(rv["backend"]))
-    for b in TREE_BACKENDS:
+    for b in plots.TREE_BACKENDS:
         if b in present:
             return b
     return present[0] if present else None

@@ -207,7 +207,8 @@ hc_brms_sampling <- function(model, sdata, chains, cores, fork, ...) {
 }
 
 hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chains, iter, warmup, cores,
-                        seed, adapt_delta, max_treedepth, cache_dir, makevars_file, fork = FALSE) {
+                        seed, adapt_delta, max_treedepth, cache_dir, makevars_file, fork = FALSE,
+                        keep_draws = 0L) {
   chains <- as.integer(chains); iter <- as.integer(iter); warmup <- as.integer(warmup); cores <- as.integer(cores)
   seed <- if (is.na(seed)) sample.int(.Machine$integer.max, 1L) else as.integer(seed)
   prep <- hc_brms_prepare(data, formula, family, cls, coef, kind, p1, p2, p3, cache_dir, makevars_file)
@@ -270,6 +271,15 @@ hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chai
   if (length(missing)) return(hc_json(list(error = paste("brms draws lack", paste(missing, collapse = ", ")),
                                            stage = "summary")))
   rp_summ <- c(hc_brms_summ(dm[, rp$cols, drop = FALSE]), list(mcse = mcse_of(rp$cols)))
+  # posterior draws kept for predictive checks: `keep_draws` of them, evenly spaced over the chains, every
+  # parameter taken from the same rows of dm (one joint draw per row)
+  keep <- min(as.integer(keep_draws), nrow(dm))
+  idx <- if (keep > 0L) unique(round(seq(1, nrow(dm), length.out = keep))) else integer(0)
+  kept <- function(cols) {  # a matrix: kept draws x cols
+    lack <- setdiff(cols, colnames(dm))
+    if (length(lack)) stop("hiercompare: brms draws lack ", paste(utils::head(lack, 5), collapse = ", "))
+    unname(dm[idx, cols, drop = FALSE])
+  }
 
   re <- brms::ranef(x, summary = FALSE)
   levels_attr <- attr(re_tab, "levels")
@@ -287,7 +297,9 @@ hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chai
     ranef_out[[length(ranef_out) + 1L]] <- list(
       group = g, coefs = I(dimnames(arr)[[3]]), n_levels = dim(arr)[2], J = I(as.integer(J)),
       mean = I(lapply(s, `[[`, "mean")), sd = I(lapply(s, `[[`, "sd")),
-      lo = I(lapply(s, `[[`, "lo")), hi = I(lapply(s, `[[`, "hi")), mcse = I(lapply(s, `[[`, "mcse")))
+      lo = I(lapply(s, `[[`, "lo")), hi = I(lapply(s, `[[`, "hi")), mcse = I(lapply(s, `[[`, "mcse")),
+      draws = if (length(idx)) I(lapply(dimnames(arr)[[3]], function(cf)
+        kept(paste0("r_", g, "[", dimnames(arr)[[2]], ",", cf, "]")))) else NULL)
   }
 
   # 5. sampler diagnostics
@@ -301,6 +313,8 @@ hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chai
     fixef = c(list(names = I(colnames(fe))), hc_brms_summ(fe), list(mcse = mcse_of(paste0("b_", colnames(fe))))),
     ran_pars = c(list(group = I(rp$group), kind = I(rp$kind), coef1 = I(rp$coef1), coef2 = I(rp$coef2)), rp_summ),
     ranef = ranef_out,
+    kept_draws = if (length(idx)) list(n = length(idx), total = nrow(dm), b = kept(paste0("b_", colnames(fe))),
+                                  sigma = if (family == "gaussian") I(as.vector(kept("sigma"))) else NULL) else NULL,
     convergence = list(variable = I(conv$variable), rhat = I(conv$rhat), ess_bulk = I(conv$ess_bulk),
                        ess_tail = I(conv$ess_tail), mcse = I(conv$mcse), tool = conv$tool),
     divergences = divergent,

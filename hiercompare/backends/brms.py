@@ -43,6 +43,11 @@ Output
     Monte Carlo SE of every posterior mean, keyed like the tidy rows (used by :func:`hiercompare.compare`);
     ``fit.raw["convergence"]`` the per-variable table under brms's names. The generated Stan program is
     ``fit.diagnostics["stan_code"]`` (also ``fit.raw["stan_code"]``). ``loglik`` is None.
+    ``keep_draws`` joint posterior draws (default 200, evenly spaced over the chains) of the fixed effects,
+    every group's effects and sigma are kept in ``fit.raw["draws"]``, in hiercompare's order (fixed names;
+    labels and terms of each level); ``fit.posterior_predictive()`` draws new responses for the fitted rows
+    from them (the linear predictor ``X b + sum Z r`` of each draw, then the family's likelihood), as the
+    pymc backend does; used by :mod:`hiercompare.ppc`.
 
 Speed
     With ``cores > 1`` the chains run in forked R processes when this Python process has no other thread
@@ -56,6 +61,7 @@ Speed
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -129,7 +135,7 @@ class BrmsBackend(Backend):
     def fit(self, md: ModelData, chains: int = 2, iter: int = 1000, warmup: int = 1000, cores: int = 2,
             seed: int | None = None, adapt_delta: float = 0.9, max_treedepth: int = 10,
             priors: Priors | dict | None = None, cache_dir: str | os.PathLike | bool | None = None,
-            **options) -> Fit:
+            keep_draws: int = 200, **options) -> Fit:
         """Sample the model with brms and summarise the posterior in the Fit schema.
 
         Parameters
@@ -159,6 +165,10 @@ class BrmsBackend(Backend):
         cache_dir : path, False or None
             Folder of the cross-process cache of compiled models; None for :func:`default_cache_dir`,
             False for no disk cache (the in-process cache is always used).
+        keep_draws : int
+            Joint posterior draws kept in ``fit.raw["draws"]`` for ``fit.posterior_predictive()`` (default 200,
+            evenly spaced over the chains; at most the draws there are); 0 keeps none (and the fit then has no
+            posterior predictive draws).
 
         Returns
         -------
@@ -168,10 +178,11 @@ class BrmsBackend(Backend):
         """
         if options:
             raise TypeError(f"unknown brms options {sorted(options)}; the options are chains, iter, warmup, cores, "
-                            "seed, adapt_delta, max_treedepth, priors, cache_dir")
+                            "seed, adapt_delta, max_treedepth, priors, cache_dir, keep_draws")
         chains, iter, warmup, cores, max_treedepth = (
             _int(chains, "chains", 1), _int(iter, "iter", 1), _int(warmup, "warmup", 0), _int(cores, "cores", 1),
             _int(max_treedepth, "max_treedepth", 1))
+        keep_draws = _int(keep_draws, "keep_draws", 0)
         adapt_delta = float(adapt_delta)
         if not 0 < adapt_delta < 1:
             raise SpecError(f"adapt_delta must be in (0, 1), got {adapt_delta}")
@@ -191,7 +202,7 @@ class BrmsBackend(Backend):
             formula, md.spec.family, _strs(table["class"]), _strs(table["coef"]), _strs(table["kind"]),
             rbridge.floats(table["p1"]), rbridge.floats(table["p2"]), rbridge.floats(table["p3"]),
             chains, iter, warmup, cores, float("nan") if seed is None else seed, adapt_delta, max_treedepth, cdir,
-            str(STAN_MAKEVARS), fork)
+            str(STAN_MAKEVARS), fork, keep_draws)
 
         rows = _fixed_rows(md, names, out["fixef"]) + _ran_pars_rows(md, out["ran_pars"])
         for block in out["ranef"]:
@@ -222,8 +233,13 @@ class BrmsBackend(Backend):
                "convergence": pd.DataFrame({"variable": conv["variable"], "rhat": _floats(conv["rhat"]),
                                             "ess_bulk": _floats(conv["ess_bulk"]),
                                             "ess_tail": _floats(conv["ess_tail"]), "mcse_mean": _floats(conv["mcse"])})}
-        return Fit(backend=self.name, spec=md.spec, table=tidy_frame(rows), model=md, loglik=None,
-                   method="NUTS (brms/rstan)", nobs=int(out["nobs"]), diagnostics=diag, raw=raw)
+        if out.get("kept_draws"):
+            raw["draws"] = _posterior_draws(md, names, out)
+        fit = Fit(backend=self.name, spec=md.spec, table=tidy_frame(rows), model=md, loglik=None,
+                  method="NUTS (brms/rstan)", nobs=int(out["nobs"]), diagnostics=diag, raw=raw)
+        if "draws" in raw:  # a module function bound to the fit (not a lambda), so the Fit pickles
+            fit.extras = {"posterior_predictive": functools.partial(posterior_predictive, fit)}
+        return fit
 
     def precompile(self, md: ModelData, priors: Priors | dict | None = None,
                    cache_dir: str | os.PathLike | bool | None = None) -> dict:
@@ -397,11 +413,9 @@ def _ran_pars_rows(md: ModelData, rp: dict) -> list[dict]:
     return rows
 
 
-def _ran_vals_rows(md: ModelData, block: dict) -> list[dict]:
-    """Group deviations; brms's level j is the label of the rows whose grouping index J is j."""
+def _level_codes(md: ModelData, block: dict):
+    """The level of a brms ranef block and, for brms's level j, hiercompare's label code (through the rows)."""
     group = block["group"]
-    if group not in set(md.hierarchy.groups):
-        raise BackendError(f"brms returned deviations for an unknown grouping factor {group!r}")
     lv = md.hierarchy.level(group)
     J = np.asarray(block["J"], dtype=np.int64) - 1
     n_levels = int(block["n_levels"])
@@ -412,6 +426,15 @@ def _ran_vals_rows(md: ModelData, block: dict) -> list[dict]:
                            f"{lv.n_groups} labels")
     code_of = np.empty(n_levels, dtype=np.int64)
     code_of[pairs["j"].to_numpy()] = pairs["code"].to_numpy()
+    return lv, code_of
+
+
+def _ran_vals_rows(md: ModelData, block: dict) -> list[dict]:
+    """Group deviations; brms's level j is the label of the rows whose grouping index J is j."""
+    group = block["group"]
+    if group not in set(md.hierarchy.groups):
+        raise BackendError(f"brms returned deviations for an unknown grouping factor {group!r}")
+    lv, code_of = _level_codes(md, block)
     order = np.argsort(code_of)  # rows in hiercompare's label order
     rows = []
     for j in order:
@@ -420,6 +443,51 @@ def _ran_vals_rows(md: ModelData, block: dict) -> list[dict]:
             s = {key: block[key][k] for key in ("mean", "sd", "lo", "hi", "mcse")}
             rows.append(dict(effect="ran_vals", group=group, level=label, term=_term(coef), **_summ(s, j)))
     return rows
+
+
+def _posterior_draws(md: ModelData, names: dict[str, str], out: dict) -> dict:
+    """The kept joint draws in hiercompare's order: ``b`` (S, p) by ``md.fixed_names``, ``sigma`` (S,) or
+    None, ``r`` {group: (S, G, k)} by the level's labels and terms, ``total`` (the draws they were taken from)."""
+    d = out["kept_draws"]
+    b = np.asarray(d["b"], dtype=float).reshape(int(d["n"]), -1)
+    index = {bn: i for i, bn in enumerate(out["fixef"]["names"])}
+    r = {}
+    for block in out["ranef"]:
+        lv, code_of = _level_codes(md, block)
+        terms = [_term(c) for c in block["coefs"]]
+        arr = np.zeros((b.shape[0], lv.n_groups, len(lv.spec.terms)))
+        for k, term in enumerate(terms):
+            if term not in lv.spec.terms:
+                raise BackendError(f"brms returned draws of {block['group']} {term!r}, not a varying term of "
+                                   f"{list(lv.spec.terms)}")
+            m = np.asarray(block["draws"][k], dtype=float).reshape(b.shape[0], -1)
+            arr[:, code_of, lv.spec.terms.index(term)] = m
+        r[lv.group] = arr
+    sigma = d.get("sigma")
+    return {"b": b[:, [index[names[n]] for n in md.fixed_names]], "r": r, "total": int(d["total"]),
+            "sigma": None if sigma is None else np.asarray(sigma, dtype=float).reshape(-1)}
+
+
+def posterior_predictive(fit: Fit, thin: int = 1, seed: int = 0) -> np.ndarray:
+    """Draws of new responses for the fitted rows from the kept posterior draws: array (draws, rows).
+
+    Each kept draw gives the linear predictor ``X b + sum over levels of Z r[group]``; the response is drawn
+    from the family at it (gaussian with that draw's sigma, Bernoulli at the inverse logit, Poisson at exp).
+    ``thin`` keeps every thin-th of the kept draws.
+    """
+    md = fit.model
+    draws = fit.raw["draws"]
+    rng = np.random.default_rng(seed)
+    eta = draws["b"][::thin] @ md.X.T
+    for group, r in draws["r"].items():
+        lv = md.hierarchy.level(group)
+        eta = eta + np.einsum("nk,snk->sn", md.Z[group], r[::thin][:, lv.codes, :])
+    fam = fit.spec.family
+    if fam == "gaussian":
+        return eta + rng.normal(size=eta.shape) * draws["sigma"][::thin][:, None]
+    if fam == "binomial":
+        return rng.binomial(1, 1 / (1 + np.exp(-eta))).astype(float)
+    return rng.poisson(np.exp(eta)).astype(float)
 
 
 def _diagnostics(out: dict) -> dict:

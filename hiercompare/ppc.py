@@ -174,32 +174,39 @@ def _positive_int(value, name: str) -> int:
 
 
 def _posterior_predictive(fit: Fit, draws: int, seed: int) -> tuple[np.ndarray, str]:
-    total = _posterior_draws_count(fit)
-    thin = max(1, total // draws) if total else 1
+    kept, total = _posterior_draws_count(fit)
+    thin = max(1, kept // draws) if kept else 1
     pp = np.asarray(fit.posterior_predictive(thin=thin, seed=int(seed)), dtype=float)
     available = pp.shape[0]
     if available > draws:
         pp = pp[np.round(np.linspace(0, available - 1, draws)).astype(int)]
     fam = fit.spec.family
-    lik = {"gaussian": "the gaussian likelihood at it (its residual SD)",
+    lik = {"gaussian": "drawn from the gaussian likelihood at it (with its residual SD)",
            "binomial": "a Bernoulli draw at the inverse logit of its linear predictor",
            "poisson": "a Poisson draw at the exponential of its linear predictor"}[fam]
-    of = f" of the {total} kept" if total else ""
+    if kept and total and kept < total:
+        of = f" of the {kept} joint draws the fit kept (from {total})"
+    elif kept:
+        of = f" of the {kept} posterior draws"
+    else:
+        of = ""
     fewer = f" (fewer than the {draws} asked: one per posterior draw)" if pp.shape[0] < draws else ""
-    text = (f"posterior predictive ({fit.backend}): {pp.shape[0]}{of} posterior draws, evenly spaced over the chains"
-            f"{fewer}; each gives the fixed effects, every group's effects and the residual SD, and y_rep is "
-            f"{lik}")
+    text = (f"posterior predictive ({fit.backend}): {pp.shape[0]}{of}, evenly spaced over the chains{fewer}; "
+            f"each gives the fixed effects, every group's effects and the residual SD, and y_rep is {lik}")
     return pp, text
 
 
-def _posterior_draws_count(fit: Fit) -> int:
+def _posterior_draws_count(fit: Fit) -> tuple[int, int]:
+    """(draws the fit's posterior_predictive works from, posterior draws in all); 0 where unknown."""
     raw = fit.raw
     post = getattr(raw, "posterior", None)
     if post is not None:  # pymc: an InferenceData
-        return int(post.sizes["chain"] * post.sizes["draw"])
-    if isinstance(raw, dict) and isinstance(raw.get("draws"), dict):  # brms: the kept draws
-        return int(len(raw["draws"]["b"]))
-    return 0
+        n = int(post.sizes["chain"] * post.sizes["draw"])
+        return n, n
+    if isinstance(raw, dict) and isinstance(raw.get("draws"), dict):  # brms: the joint draws it kept
+        d = raw["draws"]
+        return int(len(d["b"])), int(d.get("total") or len(d["b"]))
+    return 0, 0
 
 
 def _simulate(fit: Fit, draws: int, seed: int, fixed_uncertainty: bool, mode: str, level) -> tuple[np.ndarray, str]:

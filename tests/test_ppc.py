@@ -239,7 +239,7 @@ def test_pymc_posterior_predictive(scenario_data):
         warnings.simplefilter("ignore", ConvergenceWarning)
         fit = hc.fit(small, FORMULA, backend="pymc", draws=100, tune=200, chains=2, seed=1)
     y_rep, what = ppc.replicate(fit, draws=50, seed=0)
-    assert y_rep.shape == (50, 800) and what.startswith("posterior predictive (pymc): 50 of the 200")
+    assert y_rep.shape == (50, 800) and what.startswith("posterior predictive (pymc): 50 of the 200 posterior draws")
     assert np.array_equal(y_rep, ppc.replicate(fit, draws=50, seed=0)[0])
     t = ppc.group_checks(fit, draws=200, seed=0)
     assert t["p_value"].min() > 0.001
@@ -249,3 +249,39 @@ def test_pymc_posterior_predictive(scenario_data):
     assert np.all(np.abs(m["replicated_mean"].to_numpy() - pred) < 4 * m["replicated_sd"] / np.sqrt(200))
     with pytest.raises(ppc.PredictiveCheckUnavailable, match="frequentist"):
         ppc.replicate(fit, mode="mixed")
+
+
+@pytest.mark.r
+@pytest.mark.slow
+def test_brms_posterior_predictive(scenario_data):
+    """brms keeps joint posterior draws (one row of its draws matrix each) in hiercompare's order: kept in full,
+    their means and SDs are exactly the fit's summaries; the default keeps 200 and the Fit still pickles."""
+    import pickle
+
+    small = scenario_data.sample(800, random_state=0).reset_index(drop=True)
+    opts = dict(iter=200, warmup=200, chains=2, cores=1, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        full = hc.fit(small, FORMULA, backend="brms", keep_draws=10**6, **opts)
+        fit = hc.fit(small, FORMULA, backend="brms", **opts)
+    d = full.raw["draws"]
+    assert d["b"].shape == (400, 3) and d["total"] == 400
+    np.testing.assert_allclose(d["b"].mean(axis=0), full.fixef.to_numpy(), rtol=0, atol=1e-10)
+    resid = full.varcorr.query("group == 'Residual'")
+    np.testing.assert_allclose(d["sigma"].std(ddof=1), resid["std_error"].iloc[0], rtol=1e-10)
+    for group, r in d["r"].items():
+        lv = full.model.hierarchy.level(group)
+        for what, got in (("estimate", r.mean(axis=0)), ("std_error", r.std(axis=0, ddof=1))):
+            want = full.ranef(group, what=what).reindex(lv.labels)[list(lv.spec.terms)].to_numpy()
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+
+    assert fit.raw["draws"]["b"].shape == (200, 3)
+    y_rep, what = ppc.replicate(fit, draws=100, seed=0)
+    assert y_rep.shape == (100, 800) and "100 of the 200 joint draws the fit kept (from 400)" in what
+    t = ppc.group_checks(pickle.loads(pickle.dumps(fit)), draws=200)
+    assert t["p_value"].min() > 0.001
+    m = t[t["statistic"] == "mean"]
+    pred = pd.Series(fit.predict()).groupby(fit.model.hierarchy.levels[0].codes).mean().to_numpy()
+    assert np.all(np.abs(m["replicated_mean"].to_numpy() - pred) < 4 * m["replicated_sd"] / np.sqrt(200))
+    with pytest.raises(SpecError, match="keep_draws"):
+        hc.fit(small, FORMULA, backend="brms", keep_draws=-1)

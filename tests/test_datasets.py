@@ -82,3 +82,12 @@ def test_the_stored_reference_is_what_lme4_gives_now(tmp_path):
     fresh = pd.read_csv(work / "tests" / "data" / "datasets_reference.csv", dtype={"value": float})
     pd.testing.assert_frame_equal(fresh[["dataset", "formula", "kind", "name"]], REF[["dataset", "formula", "kind", "name"]])
     np.testing.assert_allclose(fresh["value"].to_numpy(), REF["value"].to_numpy(), rtol=1e-8, atol=1e-10)
+
+
+def test_ols_names_a_group_level_covariate_it_cannot_estimate():
+    """Exam's schavg is constant within schools and Oats' Variety within Block:Variety plots: no-pooling dummies
+    absorb them (R's lm gives NA), and ols says which columns, instead of blaming group sizes."""
+    with pytest.raises(hc.SpecError, match=r"\['schavg'\] are constant within the groups"):
+        hc.fit(datasets.load("exam"), datasets.info("exam").formulas[1], backend="ols")
+    with pytest.raises(hc.SpecError, match=r"Variety\[T.Marvellous\].*constant within the groups"):
+        hc.fit(datasets.load("oats"), datasets.info("oats").formulas[1], backend="ols")

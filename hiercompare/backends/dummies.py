@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats
 
 from ..design import ModelData
-from ..errors import BackendError
+from ..errors import BackendError, SpecError
 from ..results import RESIDUAL, sd_term, tidy_frame
 
 
@@ -56,6 +56,17 @@ def build(md: ModelData) -> DummyDesign:
     D = np.column_stack(cols)
     rank = np.linalg.matrix_rank(D)
     if rank < D.shape[1]:
+        p = md.X.shape[1]
+        rest = np.linalg.matrix_rank(D[:, p:]) if D.shape[1] > p else 0
+        # a fixed column is aliased when dropping it leaves the rank unchanged: it is a combination of the others
+        aliased = [names[j] for j in range(p) if names[j] != "(Intercept)"
+                   and np.linalg.matrix_rank(np.delete(D, j, axis=1)) == rank]
+        if aliased and rest + p - len(aliased) >= rank:  # what ols/r_lm cannot fit, as SpecError (not applicable)
+            raise SpecError(
+                f"the dummy design has rank {rank} < {D.shape[1]} columns: the fixed effect(s) {aliased} are "
+                "constant within the groups of a level (group-level covariates), so the groups' own dummies "
+                "(no pooling) absorb them and a fixed-effects fit cannot estimate them (R's lm gives NA). Drop "
+                "them from the formula for ols/r_lm, or use a mixed model (native, lme4, mixedlm)")
         raise BackendError(
             f"the dummy design has rank {rank} < {D.shape[1]} columns: some group has too few rows, or a "
             "varying slope's covariate is constant within a group. A fixed-effects fit cannot separate them; "

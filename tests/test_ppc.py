@@ -193,6 +193,22 @@ def test_baseline_without_deviation_ses_says_so(scenario_data):
     assert "not drawn, no std_error reported" in what and "training RMSE" in what and "f(x)" in what
 
 
+SE_TEXT = {"mixedlm": "random_effects_cov", "lightgbm": "learned f(x)", "torch": "learned f(x)",
+           "lme4": "condVar", "r_lm": "no-pooling"}
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.r) if b in ("lme4", "r_lm") else b
+                                     for b in SE_TEXT])
+def test_every_frequentist_engine_replicates(backend):
+    data = _design(seed=8, markets=6, subs=3, n=12)
+    fit = hc.fit(data, SIMPLE, backend=backend)
+    y_rep, what = ppc.replicate(fit, draws=40, seed=0)
+    assert y_rep.shape == (40, len(data)) and np.isfinite(y_rep).all()
+    assert SE_TEXT[backend] in what and "not drawn" not in what and "sigma_hat" in what
+    t = ppc.group_checks(fit, level="submarket", draws=40)
+    assert len(t) == 2 * 18 and t["p_value"].notna().all()
+
+
 @pytest.mark.parametrize("name", ["pastes", "exam"])
 def test_real_data_native_and_ols(name):
     data = datasets.load(name)

@@ -117,7 +117,8 @@ def replicate(fit: Fit, draws: int = 200, seed: int = 0, fixed_uncertainty: bool
     fixed_uncertainty : bool
         Frequentist fits only: also draw the fixed effects, independently, from ``N(beta_hat, SE^2)`` (default
         False: held at their estimates). Where the deviations' SEs already include the fixed effects'
-        uncertainty (native's default, lightgbm, torch) this counts it twice; ``draws_from`` says so.
+        uncertainty (native's default, lightgbm, torch) this counts it twice; ``draws_from`` says so. Ignored
+        for pymc and brms, whose posterior draws carry every parameter's uncertainty.
     mode : {"conditional", "mixed"}
         ``"conditional"`` (default): every group keeps its fitted deviation (plus the draws of its uncertainty),
         as described in the module docstring. ``"mixed"`` (frequentist mixed models only): the groups of

@@ -701,6 +701,8 @@ def compare_data(
                                  family=fam, options={b: opts.get(b, {}) for b in cv_names})
             res = {"folds": cvr.folds, "summary": cvr.summary}
             store.put(key, res)
+        summ = res["summary"]  # the CV lists its opt-in backends as 'not run'; keep those the user asked for
+        res = {**res, "summary": summ[(summ["status"] != "not run") | summ["backend"].isin(names)]}
         for name, frames in (("folds", cv_fold_frames), ("summary", cv_summ_frames)):
             df = res[name].copy()
             df.insert(0, "formula", s.formula)

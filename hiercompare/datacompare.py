@@ -730,8 +730,56 @@ def compare_data(
     t0 = time.perf_counter()
     figures = _figures(rows, specs, fits, tables, say)
     stages["pictures"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    figures += _predictive_checks(specs, fits, tables, seed, say)
+    stages["predictive_checks"] = time.perf_counter() - t0
     return _finish(source, rows, specs, fits, tables, definition, names, cv_names, models, figures, stages, out_dir,
                    t_start, say)
+
+
+PPC_DRAWS = 200
+PPC_PLOTS = ("native", "lme4", "mixedlm", "pymc", "brms", "lightgbm", "torch")  # density overlays: first found + Bayes
+
+
+def _predictive_checks(specs, fits, tables, seed, say) -> list[dict]:
+    """Each fit's replicated data against the observed (:mod:`hiercompare.ppc`): every top-level group's mean and
+    SD against their replicated distribution, per backend (table ``ppc_groups``; ``ppc_summary`` counts the groups
+    with p < 0.05), and density overlays of the first mixed engine and the Bayesian fits."""
+    from .ppc import PredictiveCheckUnavailable, check_summary, density_overlay_plot, group_checks
+
+    frames, skipped, figures = [], [], []
+    for k, spec in enumerate(specs, 1):
+        tag = f"formula {k}" if len(specs) > 1 else "the formula"
+        fs = fits[spec.formula]
+        for b, f in fs.items():
+            try:
+                g = group_checks(f, draws=PPC_DRAWS, seed=seed)
+            except PredictiveCheckUnavailable as exc:
+                skipped.append({"formula": spec.formula, "backend": b, "reason": str(exc)})
+                continue
+            except Exception as exc:  # recorded, never stops the comparison
+                skipped.append({"formula": spec.formula, "backend": b, "reason": f"{type(exc).__name__}: {exc}"})
+                continue
+            g.insert(0, "formula", spec.formula) if "formula" not in g.columns else None
+            frames.append(g)
+        plotted = [b for b in PPC_PLOTS if b in fs]
+        plotted = plotted[:1] + [b for b in plotted[1:] if b in ("pymc", "brms")]
+        for b in plotted:
+            try:
+                png = density_overlay_plot(fs[b], seed=seed, title=f"{b}: observed vs 50 replicated data sets")
+            except Exception as exc:
+                say(f"  density overlay of {b} ({spec.formula}): {type(exc).__name__}: {exc}")
+                continue
+            figures.append({"section": "ppc", "title": f"Predictive check, {b} ({tag})", "png": png,
+                            "caption": "The observed response's density (black) against 50 data sets replicated "
+                                       "from the fit (as ArviZ's plot_ppc draws them).", "table": ""})
+    if frames:
+        groups = pd.concat(frames, ignore_index=True)
+        tables["ppc_groups"] = groups
+        tables["ppc_summary"] = check_summary(groups)
+    if skipped:
+        tables["ppc_skipped"] = pd.DataFrame(skipped)
+    return figures
 
 
 def _finish(source, rows, specs, fits, tables, definition, names, cv_names, models, figures, stages, out_dir,

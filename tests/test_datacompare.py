@@ -50,6 +50,11 @@ def test_outputs_are_written_and_agree_with_the_fits(pastes_run):
     assert len(lrt) == 1 and "chi-bar" in lrt["note"].iloc[0]
     ic = comp.table("information_criteria")
     assert set(ic["formula"]) == set(FORMULAS)
+    # predictive checks of the top level: 10 batches (formula 1), 30 casks (formula 2), 3 backends, mean and SD
+    ppc = comp.table("ppc_groups")
+    assert len(ppc) == 3 * (10 + 30) * 2 and ppc["p_value"].between(0, 1).all()
+    summ = comp.table("ppc_summary")
+    assert sorted(set(summ["n_groups"])) == [10, 30] and len(summ) == 2 * 3 * 2
 
 
 def test_a_rerun_resumes_every_step_and_gives_the_same_tables(pastes_run):
@@ -142,7 +147,7 @@ def test_report_in_headless_chromium(pastes_run, tmp_path):
     assert ok == n
     assert not _console_errors(err), _console_errors(err)
     for section in ("1. Look here first", "2. The data", "3. Fits", "4. Agreement", "5. Model comparison",
-                    "6. Cross-validation", "7. Pictures"):
+                    "6. Cross-validation", "7. Predictive checks", "8. Pictures"):
         assert section in dom, section
 
 

@@ -36,6 +36,9 @@ SHOWN: dict[str, list[str]] = {
     "loo": None,
     "cv_summary": None,
     "cv_folds": None,
+    "ppc_summary": None,
+    "ppc_groups": None,
+    "ppc_skipped": None,
 }
 NUMERIC_TEXT = {"formula", "backend", "status", "method", "reason", "pair", "param_class", "tol_kind", "verdict",
                 "cause", "explanation", "column", "dtype", "kind", "role", "example", "used_by", "level",
@@ -154,7 +157,7 @@ def render_compare(results: dict, figures: list[dict] | None = None) -> str:
         cv_backends=results.get("cv_backends", []), cv_opt_in=results.get("cv_opt_in", []),
         definition=definition, stream=results.get("stream"), unexplained=unexplained, t=tables, estimates=_estimate_tables(results),
         messages=_messages(results), figures=figures if figures is not None else results.get("figures", []),
-        bootstrap=_table(results, "bootstrap_summary"), provenance_rows=provenance_rows,
+        bootstrap=_table(results, "bootstrap_summary"), ppc_draws=results.get("ppc_draws", 200), provenance_rows=provenance_rows,
         stages={k: f"{v:.1f} s" for k, v in results.get("timing_stages", {}).items() if isinstance(v, float)},
     )
     return env.get_template("compare.html.j2").render(**ctx)

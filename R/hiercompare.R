@@ -80,7 +80,10 @@ hc_fit <- function(data, formula, backend = "mixedlm", ...) {
 #' One row per fixed effect (`effect == "fixed"`), variance parameter (`"ran_pars"`: `sd__(Intercept)`,
 #' `cor__(Intercept).x1`, the residual as group `Residual`, term `sd__Observation`) and group deviation
 #' (`"ran_vals"`), with broom.mixed's columns `effect`, `group`, `level`, `term`, `estimate`, `std.error`,
-#' `conf.low`, `conf.high`, plus `backend`.
+#' `conf.low`, `conf.high`, `df`, `p.value`, plus `backend`. For the fixed effects of native, lme4 and mixedlm
+#' fits `df` is Satterthwaite's (lmerTest's, the default; `hc_fit(..., df = "kenward-roger")` for pbkrtest's,
+#' `df = "z"` for Wald z, where `df` is `Inf`) and the interval and `p.value` are t-based, as lmerTest's
+#' `summary()` reports them; `df` and `p.value` are `NA` where a backend states no df, and on the other rows.
 #'
 #' With `names = "r"` (the default) fixed-effect terms are named as lme4 and broom.mixed name them: `sexM`
 #' and `livch3+` for the treatment dummies that the Python side calls `sex[T.M]` and `livch[T.3+]` (a
@@ -103,7 +106,7 @@ hc_tidy <- function(fit, names = c("r", "python")) {
     stop("hc_tidy() needs a fit returned by hc_fit(); got an object of class ", class(fit)[1L], call. = FALSE)
   }
   d <- hc_df(fit$tidy(names = names))
-  rename <- c(std_error = "std.error", conf_low = "conf.low", conf_high = "conf.high")
+  rename <- c(std_error = "std.error", conf_low = "conf.low", conf_high = "conf.high", p_value = "p.value")
   hit <- base::names(d) %in% base::names(rename)
   base::names(d)[hit] <- rename[base::names(d)[hit]]
   d

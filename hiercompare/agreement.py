@@ -14,6 +14,10 @@ Pairs are classed by what their backends estimate:
 * anything else (ols vs lme4, pymc vs lme4, say): different estimands, shown for information with verdict
   ``info``.
 
+The fixed effects' degrees of freedom (quantity ``df``, class ``fixed_df``: Satterthwaite's or Kenward-Roger's,
+``inf`` for z) are listed where either fit has them, always with verdict ``info``: they are functions of the
+variance estimates, which the ``sd`` and ``cor`` rows already judge, and two fits may use different df methods.
+
 Relative differences divide by ``max(|a|, |b|)``.
 
 Boundary: each fit's own boundary terms are found from its estimates, per (group, term), not per fit or per
@@ -92,7 +96,7 @@ def _param_class(effect: str, term: str, quantity: str) -> str:
     if quantity == "loglik":
         return "loglik"
     if effect == "fixed":
-        return "fixed" if quantity == "estimate" else "fixed_se"
+        return {"estimate": "fixed", "df": "fixed_df"}.get(quantity, "fixed_se")
     if effect == "ran_pars":
         return "cor" if term.startswith("cor__") else "sd"
     return "ran_vals" if quantity == "estimate" else "ran_vals_se"
@@ -243,6 +247,11 @@ def _compare_pair(fa: Fit, fb: Fit) -> pd.DataFrame:
                 continue
             rows.append(_row(fa.backend, fb.backend, pc, rules, r.effect, r.group, r.level, r.term, quantity, va, vb,
                              boundary, sds.get((r.group, r.term), np.nan)))
+    if "df_a" in merged.columns:  # the fixed effects' df: information only (see the module docstring)
+        for r in merged.itertuples(index=False):
+            if r.effect == "fixed" and not (pd.isna(r.df_a) and pd.isna(r.df_b)):
+                rows.append(_row(fa.backend, fb.backend, pc, rules, r.effect, r.group, r.level, r.term, "df",
+                                 r.df_a, r.df_b, boundary, np.nan))
     if fa.loglik is not None and fb.loglik is not None and fa.method == fb.method:
         rows.append(_row(fa.backend, fb.backend, pc, rules, "model", "", "", "logLik", "loglik", fa.loglik,
                          fb.loglik, set(), np.nan))

@@ -4,7 +4,8 @@
 the estimate, its interval, the generating value (``truth``), the value realised in this data set
 (``realized``: the SD or correlation of the group effects actually drawn, or the drawn effect itself),
 ``error = estimate - truth``, ``rel_error`` and ``covers`` (whether the 95% interval contains the truth;
-missing where the backend gives no interval).
+missing where the backend gives no interval). ``df`` is the fit's (:data:`hiercompare.results.TIDY_COLUMNS`):
+the t interval's df of a fixed effect, ``inf`` for a z interval.
 
 Note on ``ols``: its group deviations are sum-to-zero contrasts, so they estimate each group's effect minus
 the mean of its siblings' drawn effects, and its intercept absorbs the mean of the drawn market effects.
@@ -16,7 +17,7 @@ import pandas as pd
 
 from .results import KEY, Fit, Truth
 
-COLUMNS = KEY + ["backend", "estimate", "std_error", "conf_low", "conf_high", "truth", "realized", "error",
+COLUMNS = KEY + ["backend", "estimate", "std_error", "conf_low", "conf_high", "df", "truth", "realized", "error",
                  "rel_error", "covers"]
 
 

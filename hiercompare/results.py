@@ -1,13 +1,20 @@
 """The Fit schema: one tidy frame in broom.mixed's layout (snake_case), shared by every backend and by Truth.
 
 Columns of ``Fit.tidy()``: ``effect`` (fixed | ran_pars | ran_vals), ``group``, ``level``, ``term``,
-``estimate``, ``std_error``, ``conf_low``, ``conf_high``, ``backend``.
+``estimate``, ``std_error``, ``conf_low``, ``conf_high``, ``df``, ``p_value``, ``backend``.
 
-* fixed: ``term`` is the coefficient name; ``group`` and ``level`` are empty.
+* fixed: ``term`` is the coefficient name; ``group`` and ``level`` are empty. ``df`` says what the interval and
+  ``p_value`` (two-sided, of estimate = 0) are based on: a finite number is the t distribution's df
+  (Satterthwaite or Kenward-Roger for the Gaussian mixed engines native, lme4 and mixedlm, see
+  :mod:`hiercompare.inference`; the residual df for ols and r_lm), ``inf`` the normal (z: ``df="z"``, or a
+  binomial / poisson lme4 fit; JSON, which has no infinity, writes it as null), NaN that the backend states
+  none (its interval, if any, is its own: posterior intervals, the learners' Wald intervals).
 * ran_pars: ``group`` is the grouping factor as written (``market``, ``market:submarket``), ``term`` is
   ``sd__(Intercept)``, ``sd__x1``, ``cor__(Intercept).x1``; the residual SD is group ``Residual``,
   term ``sd__Observation``.
 * ran_vals: one row per group label and term: the group's deviation.
+
+``df`` and ``p_value`` are NaN on ran_pars and ran_vals rows.
 
 ``fixef``, ``varcorr`` and ``ranef`` are views of that one frame, never a second computation.
 """
@@ -27,7 +34,9 @@ from .errors import DataError, UnseenLevelsWarning
 from .hierarchy import column_kind, factor_labels
 from .spec import INTERCEPT, ModelSpec
 
-TIDY_COLUMNS = ["effect", "group", "level", "term", "estimate", "std_error", "conf_low", "conf_high"]
+TIDY_COLUMNS = ["effect", "group", "level", "term", "estimate", "std_error", "conf_low", "conf_high", "df",
+                "p_value"]
+NUMERIC_COLUMNS = ["estimate", "std_error", "conf_low", "conf_high", "df", "p_value"]
 KEY = ["effect", "group", "level", "term"]
 RESIDUAL = "Residual"
 
@@ -72,7 +81,7 @@ def tidy_frame(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=TIDY_COLUMNS)
     for c in ("group", "level"):
         df[c] = df[c].fillna("").astype(object)
-    for c in ("estimate", "std_error", "conf_low", "conf_high"):
+    for c in NUMERIC_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     return df
 
@@ -416,8 +425,8 @@ class Truth:
         table = pd.DataFrame(d["tidy"])
         for c in ("group", "level"):
             table[c] = table[c].fillna("").astype(object)
-        for c in ("estimate", "std_error", "conf_low", "conf_high", "realized"):
-            table[c] = pd.to_numeric(table[c], errors="coerce").astype(float)
+        for c in (*NUMERIC_COLUMNS, "realized"):  # files written before df / p_value existed lack them
+            table[c] = pd.to_numeric(table[c], errors="coerce").astype(float) if c in table else np.nan
         return cls(table=table, scenario=d["scenario"], seed=d["seed"])
 
 
@@ -431,5 +440,5 @@ def _json_default(o):
     return str(o)
 
 
-__all__ = ["Fit", "Truth", "TIDY_COLUMNS", "KEY", "RESIDUAL", "INTERCEPT", "tidy_frame", "sd_term", "cor_term",
+__all__ = ["Fit", "Truth", "TIDY_COLUMNS", "NUMERIC_COLUMNS", "KEY", "RESIDUAL", "INTERCEPT", "tidy_frame", "sd_term", "cor_term",
            "wald_interval", "normal_quantile", "convergence_text", "NOT_ASSESSED", "check_unseen"]

@@ -80,10 +80,17 @@ def test_predict_unseen_groups_is_population_level(ols_fit, seed_data):
 def test_tidy_schema(ols_fit):
     t = ols_fit.tidy()
     assert list(t.columns) == ["effect", "group", "level", "term", "estimate", "std_error", "conf_low",
-                               "conf_high", "backend"]
+                               "conf_high", "df", "p_value", "backend"]
     assert set(t["effect"]) == {"fixed", "ran_vals", "ran_pars"}
     fx = t[t["effect"] == "fixed"]
     assert (fx["conf_low"] < fx["estimate"]).all() and (fx["estimate"] < fx["conf_high"]).all()
+    # t intervals on the residual df, and that t test's p-values; no df on the other rows
+    res = ols_fit.raw if hasattr(ols_fit.raw, "df_resid") else None
+    if res is not None:
+        assert (fx["df"] == res.df_resid).all()
+        np.testing.assert_allclose(fx["p_value"], np.asarray(res.pvalues)[:len(fx)], rtol=1e-10)
+    assert (fx["df"] > 0).all() and fx["p_value"].between(0, 1).all()
+    assert t.loc[t["effect"] != "fixed", ["df", "p_value"]].isna().all().all()
     assert ols_fit.provenance["statsmodels"]
     assert ols_fit.timing["fit_seconds"] > 0
     js = ols_fit.to_dict()

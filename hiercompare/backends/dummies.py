@@ -92,13 +92,17 @@ def _sum_to_zero(parent: np.ndarray) -> np.ndarray:
 
 
 def tidy_rows(md: ModelData, dd: DummyDesign, coef: np.ndarray, vcov: np.ndarray, sigma: float, df_resid: float):
-    """Fixed, ran_vals (all deviations, with SEs) and the residual SD, with t-based 95% intervals."""
+    """Fixed, ran_vals (all deviations, with SEs) and the residual SD, with t-based 95% intervals; the fixed rows'
+    ``df`` is the residual df and ``p_value`` the t test's."""
     tq = stats.t.ppf(0.975, df_resid)
     se = np.sqrt(np.clip(np.diag(vcov), 0, None))
     rows = []
     for j, name in enumerate(md.fixed_names):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pv = 2 * stats.t.sf(abs(coef[j] / se[j]), df_resid)
         rows.append(dict(effect="fixed", term=name, estimate=coef[j], std_error=se[j],
-                         conf_low=coef[j] - tq * se[j], conf_high=coef[j] + tq * se[j]))
+                         conf_low=coef[j] - tq * se[j], conf_high=coef[j] + tq * se[j], df=float(df_resid),
+                         p_value=pv))
     for group, term, sl, C in dd.blocks:
         lv = md.hierarchy.level(group)
         dev = C @ coef[sl]

@@ -1,8 +1,10 @@
 """``lme4``: R's lmer/glmer through rpy2 (r_scripts/fit_lme4.R).
 
-Fixed effects come with Wald 95% intervals from ``vcov``; ran_vals are ``ranef(condVar = TRUE)`` with
-conditional SDs and Wald 95% intervals (+-1.96 SD); ran_pars are ``VarCorr`` (SDs and correlations; no standard errors,
-as in broom.mixed). Singular fits and lme4's convergence messages go into ``diagnostics``.
+Fixed effects come with ``vcov``'s SEs and, for lmer, t-based 95% intervals and p-values with Satterthwaite's
+df (the default; ``df="kenward-roger"``: pbkrtest's adjusted SEs and df; ``df="z"``: Wald z), computed at lme4's
+estimates in :mod:`hiercompare.inference` (lmerTest's numbers); glmer's are Wald z; ran_vals are
+``ranef(condVar = TRUE)`` with conditional SDs and Wald 95% intervals (+-1.96 SD); ran_pars are ``VarCorr`` (SDs
+and correlations; no standard errors, as in broom.mixed). Singular fits and lme4's convergence messages go into ``diagnostics``.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from .. import rbridge
+from .. import inference, rbridge
 from ..design import ModelData
 from ..errors import BackendError, ConvergenceWarning, SpecError
 from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame, wald_interval
@@ -29,14 +31,22 @@ class Lme4Backend(Backend):
         return rbridge.availability(("lme4",))
 
 
-    def fit(self, md: ModelData, method: str = "REML", optimizer: str = "default", **options) -> Fit:
+    def fit(self, md: ModelData, method: str = "REML", optimizer: str = "default", df: str | None = None,
+            **options) -> Fit:
+        """``df``: the fixed effects' intervals and p-values for lmer fits, ``"satterthwaite"`` (default),
+        ``"kenward-roger"`` (REML) or ``"z"``, computed at lme4's estimates by :mod:`hiercompare.inference`
+        (lmerTest's and pbkrtest's numbers); glmer fits are Wald z (``df="z"``, the default for them)."""
         if options:
-            raise TypeError(f"lme4 options are method and optimizer; got {sorted(options)}")
+            raise TypeError(f"lme4 options are method, optimizer and df; got {sorted(options)}")
         method = reml_or_ml(method)
         if optimizer not in OPTIMIZERS:
             raise SpecError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if md.spec.family != "gaussian" and method == "REML":
             method = "ML"  # glmer maximises the (Laplace) likelihood; REML does not apply
+        df = inference.df_method(df, md.spec.family)
+        if df == "kenward-roger" and method != "REML":
+            raise SpecError("Kenward-Roger is for REML fits (as in lmerTest and pbkrtest); use method='REML' or "
+                            "df='satterthwaite'")
         spec = md.spec
         factors = {v: None for v in spec.grouping_variables}
         for t in spec.fixed:
@@ -47,7 +57,7 @@ class Lme4Backend(Backend):
         rdf = rbridge.dataframe(frame, factors)
         out = rbridge.call("fit_lme4.R", "hc_fit_lme4", rdf, rbridge.r_formula(spec), spec.family,
                            method == "REML", optimizer)
-        table = self._tidy(md, out)
+        table, info = inference.fixed_effects(md, self._tidy(md, out), df, reml=method == "REML")
         conv = list(out.get("conv_messages") or [])
         msgs = list(out.get("messages") or [])
         warns = list(out.get("warnings") or [])
@@ -61,7 +71,8 @@ class Lme4Backend(Backend):
             backend=self.name, spec=spec, table=table, model=md, loglik=float(out["loglik"]),
             method=method if spec.family == "gaussian" else "ML (Laplace)", nobs=int(out["nobs"]),
             diagnostics={"converged": converged, "singular": singular, "warnings": warns + msgs,
-                         "convergence_messages": conv, "optimizer": optimizer},
+                         "convergence_messages": conv, "optimizer": optimizer, "df_method": info["df_method"],
+                         "notes": info["notes"]},
         )
 
     def _tidy(self, md: ModelData, out: dict):

@@ -5,7 +5,9 @@ the off-diagonal covariances fixed at 0 for ``||``). Every deeper level must be 
 becomes a variance component (one indicator column per group inside each top-level group). A varying slope
 below the top level cannot be written this way and is a SpecError, not a silently different model.
 
-Fixed effects get Wald 95% intervals; ran_vals are the BLUPs with conditional SDs from
+Fixed effects get statsmodels' SEs and, by ``df``, t-based 95% intervals and p-values with Satterthwaite's df
+(the default) or Kenward-Roger's (with its adjusted SEs), or Wald z intervals, all computed at mixedlm's
+estimates by :mod:`hiercompare.inference`; ran_vals are the BLUPs with conditional SDs from
 ``random_effects_cov``. L-BFGS is run first; when it does not converge, or statsmodels warns that the
 optimum may be on the boundary (where L-BFGS was seen to stop up to 1.8 log-likelihood units short of lme4's
 optimum while reporting convergence), Powell and Nelder-Mead (each polished by L-BFGS) are run as well and the
@@ -17,6 +19,7 @@ import warnings
 
 import numpy as np
 
+from .. import inference
 from ..design import ModelData
 from ..errors import ConvergenceWarning, SpecError
 from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame, wald_interval
@@ -52,16 +55,23 @@ class MixedLMBackend(Backend):
                 "a mix of correlated and independent terms needs lme4"
             )
 
-    def fit(self, md: ModelData, method: str = "REML", maxiter: int = 5000, **options) -> Fit:
+    def fit(self, md: ModelData, method: str = "REML", maxiter: int = 5000, df: str | None = None,
+            **options) -> Fit:
         """``maxiter`` caps every optimiser's iterations (statsmodels' ``maxiter``); lower it only to
-        reproduce a fit that stops early (the diagnosis tests do)."""
+        reproduce a fit that stops early (the diagnosis tests do). ``df``: the fixed effects' intervals and
+        p-values, ``"satterthwaite"`` (default), ``"kenward-roger"`` (REML) or ``"z"``, computed at mixedlm's
+        estimates by :mod:`hiercompare.inference`."""
         from statsmodels.regression.mixed_linear_model import MixedLM, MixedLMParams, VCSpec
 
         method = reml_or_ml(method)
         if options:
-            raise TypeError(f"mixedlm options are method and maxiter; got {sorted(options)}")
+            raise TypeError(f"mixedlm options are method, maxiter and df; got {sorted(options)}")
         if int(maxiter) != maxiter or maxiter < 1:
             raise SpecError(f"maxiter must be a positive integer, got {maxiter!r}")
+        df = inference.df_method(df, md.spec.family)
+        if df == "kenward-roger" and method != "REML":
+            raise SpecError("Kenward-Roger is for REML fits (as in lmerTest and pbkrtest); use method='REML' or "
+                            "df='satterthwaite'")
         levels = md.hierarchy.levels
         top = levels[0]
         if top.spec.factor != md.spec.levels[0].factor:
@@ -120,12 +130,14 @@ class MixedLMBackend(Backend):
 
             raise BackendError(f"mixedlm failed with every optimiser: {attempts}")
         table, singular = self._tidy(md, res, terms, vc_names)
+        table, info = inference.fixed_effects(md, table, df, reml=method == "REML")
         if not res.converged:
             warnings.warn(f"mixedlm did not converge: {attempts}", ConvergenceWarning, stacklevel=2)
         return Fit(
             backend=self.name, spec=md.spec, table=table, model=md, loglik=float(res.llf), method=method,
             nobs=md.n, diagnostics={"converged": bool(res.converged), "singular": singular,
-                                    "warnings": msgs, "optimizer_attempts": attempts},
+                                    "warnings": msgs, "optimizer_attempts": attempts,
+                                    "df_method": info["df_method"], "notes": info["notes"]},
             raw=res,
         )
 

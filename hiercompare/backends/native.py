@@ -1,7 +1,9 @@
 """``native``: the exact Gaussian LMM of :mod:`hiercompare.mixedcore` on per-group sufficient statistics.
 
 Any depth of nesting, correlated (``|``) or independent (``||``) varying terms at every level, REML or ML.
-Fixed effects get Wald 95% intervals from ``sigma^2 S^-1``; ran_vals are BLUPs with conditional SDs that,
+Fixed effects get SEs from ``sigma^2 S^-1`` and, by ``df``, t-based 95% intervals and p-values with
+Satterthwaite's df (the default) or Kenward-Roger's (adjusted SEs too), or z intervals
+(:mod:`hiercompare.inference`); ran_vals are BLUPs with conditional SDs that,
 by default (``condvar="full"``), include the uncertainty of the fixed effects (Henderson's prediction-error
 variance); ``condvar="beta_fixed"`` conditions on the fixed effects, as lme4's ``ranef(condVar = TRUE)`` does,
 and matches it. ran_pars have no standard errors. The derivation is in ``docs/mixedcore.md``.
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import mixedcore
+from .. import inference, mixedcore
 from ..design import ModelData
 from ..errors import SpecError
 from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame, wald_interval
@@ -22,20 +24,29 @@ class NativeBackend(Backend):
     description = "exact Gaussian LMM on sufficient statistics (mixedcore), nested levels, REML or ML"
 
 
-    def fit(self, md: ModelData, method: str = "REML", condvar: str = "full", **options) -> Fit:
+    def fit(self, md: ModelData, method: str = "REML", condvar: str = "full", df: str | None = None,
+            **options) -> Fit:
+        """``df``: the fixed effects' intervals and p-values, ``"satterthwaite"`` (default), ``"kenward-roger"``
+        (REML) or ``"z"`` (:mod:`hiercompare.inference`)."""
         if options:
-            raise TypeError(f"native options are method and condvar; got {sorted(options)}")
+            raise TypeError(f"native options are method, condvar and df; got {sorted(options)}")
         method = reml_or_ml(method)
         if condvar not in ("full", "beta_fixed"):
             raise SpecError(f"condvar must be 'full' or 'beta_fixed', got {condvar!r}")
+        df = inference.df_method(df, md.spec.family)
+        if df == "kenward-roger" and method != "REML":
+            raise SpecError("Kenward-Roger is for REML fits (as in lmerTest and pbkrtest); use method='REML' or "
+                            "df='satterthwaite'")
         core = mixedcore.from_model_data(md)
         res = core.fit(reml=method == "REML", condvar=condvar)
+        table, info = inference.fixed_effects(md, tidy_rows(md, res), df, reml=method == "REML", core=core,
+                                              theta=res.theta, sigma=res.sigma)
         return Fit(
-            backend=self.name, spec=md.spec, table=tidy_rows(md, res), model=md, loglik=res.loglik, method=method,
+            backend=self.name, spec=md.spec, table=table, model=md, loglik=res.loglik, method=method,
             nobs=md.n,
             diagnostics={"converged": res.converged, "singular": res.singular, "warnings": [],
                          "optimizer": res.optimizer, "deviance_evaluations": res.n_evals,
-                         "theta": res.theta.tolist()},
+                         "theta": res.theta.tolist(), "df_method": info["df_method"], "notes": info["notes"]},
             raw=res,
         )
 

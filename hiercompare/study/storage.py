@@ -22,11 +22,11 @@ from ..errors import StudyError
 from ..provenance import git_commit, now, package_versions
 
 RESULT_COLUMNS = ["scenario", "replication", "backend", "effect", "group", "level", "term", "estimate",
-                  "std_error", "conf_low", "conf_high", "truth", "realized", "converged", "warnings", "seconds",
-                  "seed", "error"]
+                  "std_error", "conf_low", "conf_high", "df", "p_value", "truth", "realized", "converged", "warnings",
+                  "seconds", "seed", "error"]
 SORT = ["scenario", "replication", "backend", "effect", "group", "level", "term"]
 _STRING = ["scenario", "backend", "effect", "group", "level", "term", "warnings", "error"]
-_FLOAT = ["estimate", "std_error", "conf_low", "conf_high", "truth", "realized", "seconds"]
+_FLOAT = ["estimate", "std_error", "conf_low", "conf_high", "df", "p_value", "truth", "realized", "seconds"]
 _INT = ["replication", "seed"]
 PART = re.compile(r"^s(\d{5})-r(\d{7})\.parquet$")
 
@@ -37,7 +37,8 @@ def empty_rows(n: int = 0) -> pd.DataFrame:
 
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
     """Columns in :data:`RESULT_COLUMNS` order with fixed dtypes (strings, float64, int64; ``converged`` as
-    pandas' nullable boolean: missing where the backend does not assess convergence)."""
+    pandas' nullable boolean: missing where the backend does not assess convergence). A column missing from
+    ``df`` (``df`` and ``p_value`` in a study written before they existed) is added, empty (NaN)."""
     out = df.reindex(columns=RESULT_COLUMNS).copy()
     for c in _STRING:
         out[c] = out[c].fillna("").astype(str).astype(object)

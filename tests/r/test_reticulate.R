@@ -52,3 +52,20 @@ test_that("R backends say why they are unavailable inside R", {
   sim <- hc_simulate(seed = 1)
   expect_error(hc_fit(sim$data, "y ~ x1 + (1 | market)", backend = "lme4"), "inside R through reticulate")
 })
+
+test_that("hc_compare_data runs every asked backend (R ones too) and returns the report's tables", {
+  out <- file.path(tempdir(), "r_compare_pastes")
+  res <- hc_compare_data(lme4::Pastes, c("strength ~ 1 + (1 | batch) + (1 | batch:cask)", "strength ~ 1 + (1 | batch:cask)"),
+                         backends = c("native", "lme4", "ols"), out_dir = out, cv = "none")
+  expect_true(file.exists(attr(res, "report")))
+  fits <- res$fits
+  expect_equal(nrow(fits), 6L)
+  expect_true(all(fits$status == "ok"))  # lme4 too: the command runs in its own Python process
+  # the numbers are lme4's own, fitted in this session
+  m <- lme4::lmer(strength ~ 1 + (1 | batch) + (1 | batch:cask), data = lme4::Pastes)
+  ll <- fits$loglik[fits$backend == "lme4" & grepl("(1 | batch) +", fits$formula, fixed = TRUE)]
+  expect_equal(ll, as.numeric(logLik(m)), tolerance = 1e-8)
+  expect_equal(nrow(res$lrt), 1L)
+  expect_true(grepl("chi-bar", res$lrt$note))
+  expect_error(hc_compare_data(lme4::Pastes, 1, out_dir = out), "formulas must be")
+})

@@ -34,7 +34,22 @@ class FixedColumn:
 
 @dataclass
 class ModelData:
-    """Validated data and model matrices for one spec."""
+    """Validated data and model matrices for one spec.
+
+    Beside the response and designs, three per-row arrays carry what the likelihood needs (every backend reads
+    them from here, never from the data frame):
+
+    ``offset``
+        ``(n,)`` float: the sum of the formula's ``offset(column)`` terms, on the linear-predictor scale
+        (lme4's meaning: ``eta = X beta + Z b + offset``); zeros when the formula has none. Always set.
+    ``trials``
+        ``(n,)`` float: the binomial number of trials per row, ``s + f`` for ``cbind(s, f) ~ ...`` or ``n`` for
+        ``cbind(s, n - s) ~ ...``, and ones for a 0/1 binomial response; ``y`` then holds the successes (a
+        count, not a proportion). ``None`` for every other family.
+    ``weights``
+        ``(n,)`` float prior weights (``fit(..., weights=)``, lme4/lm semantics: a Gaussian row's residual
+        variance is ``sigma^2 / w``), or ``None`` when none were given (the same as all ones).
+    """
 
     spec: ModelSpec
     data: pd.DataFrame  # the rows used (after an explicit na_action='drop'), index reset
@@ -46,10 +61,34 @@ class ModelData:
     categories: dict[str, tuple[str, ...]]
     notes: list[str] = field(default_factory=list)
     dropped_rows: int = 0
+    offset: np.ndarray | None = None  # (n,) float, zeros when the formula has no offset() (set in __post_init__)
+    trials: np.ndarray | None = None  # (n,) float for binomial (ones for a 0/1 response); None otherwise
+    weights: np.ndarray | None = None  # (n,) float prior weights, or None
+
+    def __post_init__(self) -> None:
+        rows = len(self.y)
+        if self.offset is None:
+            self.offset = np.zeros(rows)
+        if self.trials is None and self.spec.family == "binomial":
+            self.trials = np.ones(rows)
 
     @property
     def n(self) -> int:
         return len(self.y)
+
+    @property
+    def has_offset(self) -> bool:
+        """True when the formula has an ``offset()`` term (``offset`` is then not all zeros by construction)."""
+        return bool(self.spec.offsets)
+
+    def offset_for(self, newdata: pd.DataFrame) -> np.ndarray:
+        """The offset for new rows: the sum of the formula's offset columns in ``newdata`` (zeros if none)."""
+        return _offset(self.spec, newdata)
+
+    def trials_for(self, newdata: pd.DataFrame) -> np.ndarray | None:
+        """The binomial trials for new rows (``cbind`` columns read from ``newdata``; ones for a 0/1 response);
+        ``None`` for other families."""
+        return _trials(self.spec, newdata, None)
 
     @property
     def fixed_names(self) -> list[str]:
@@ -65,8 +104,12 @@ class ModelData:
         return _z_columns(lv.terms, newdata)
 
 
-def prepare(spec: ModelSpec, data: pd.DataFrame, na_action: str = "error") -> ModelData:
-    """Validate ``data`` against ``spec`` and build the model matrices."""
+def prepare(spec: ModelSpec, data: pd.DataFrame, na_action: str = "error", weights=None) -> ModelData:
+    """Validate ``data`` against ``spec`` and build the model matrices.
+
+    ``weights``: Gaussian prior weights (lme4/lm semantics), a column name of ``data`` or an array of
+    ``len(data)`` positive finite numbers; rows dropped by ``na_action='drop'`` drop their weight too.
+    """
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     if na_action not in ("error", "drop"):
@@ -74,6 +117,24 @@ def prepare(spec: ModelSpec, data: pd.DataFrame, na_action: str = "error") -> Mo
     used = list(spec.variables)
     check_columns(data, used, what="data")
     frame = data[used].copy()
+    w_name = None
+    if weights is not None:
+        if spec.family != "gaussian":
+            raise SpecError(f"weights= are Gaussian prior weights (lme4/lm semantics), not for family={spec.family!r}; "
+                            "for a binomial outcome with trials write cbind(successes, failures) ~ ... instead")
+        w_name = "(weights)"  # not a valid formula name, so it cannot clash with a model column
+        if isinstance(weights, str):
+            check_columns(data, [weights], what="data (weights=)")
+            frame[w_name] = data[weights].to_numpy()
+        else:
+            w = np.asarray(weights)
+            if w.ndim != 1 or len(w) != len(data):
+                raise DataError(f"weights= must be a column name or an array of {len(data)} values (one per row of "
+                                f"data); got shape {w.shape}")
+            frame[w_name] = w
+        if not _is_numeric(frame[w_name]):
+            raise DataError(f"weights= must be numeric (dtype is {frame[w_name].dtype})")
+        used = used + [w_name]
     notes: list[str] = []
     missing = frame.isna()
     numeric_cols = [c for c in used if _is_numeric(frame[c])]
@@ -94,7 +155,17 @@ def prepare(spec: ModelSpec, data: pd.DataFrame, na_action: str = "error") -> Mo
     frame = frame.reset_index(drop=True)
     if len(frame) == 0:
         raise DataError("no rows left to fit")
+    wts = None
+    if w_name is not None:
+        wts = frame.pop(w_name).to_numpy(dtype=float)
+        if (wts <= 0).any():
+            raise DataError(f"weights= must be positive ({int((wts <= 0).sum())} rows are <= 0); drop rows with "
+                            "weight 0 from the data")
     y = _response(spec, frame[spec.response])
+    trials = _trials(spec, frame, y)
+    if spec.has_trials and spec.trials is not None:
+        frame[spec.failures_column] = trials - y  # the failures reach R as a data column (spec.failures_column)
+    offset = _offset(spec, frame)
     for v in spec.slope_variables:
         if not _is_numeric(frame[v]):
             raise DataError(
@@ -112,7 +183,7 @@ def prepare(spec: ModelSpec, data: pd.DataFrame, na_action: str = "error") -> Mo
         )
     return ModelData(
         spec=spec, data=frame, y=y, X=X, columns=columns, Z=Z, hierarchy=hierarchy,
-        categories=categories, notes=notes, dropped_rows=dropped,
+        categories=categories, notes=notes, dropped_rows=dropped, offset=offset, trials=trials, weights=wts,
     )
 
 
@@ -138,13 +209,58 @@ def _response(spec: ModelSpec, s: pd.Series) -> np.ndarray:
             "e.g. 0/1 for a binomial outcome"
         )
     y = s.to_numpy(dtype=float)
-    if spec.family == "binomial" and not np.isin(y, (0.0, 1.0)).all():
-        raise DataError(f"family='binomial' needs a 0/1 response; {spec.response!r} has other values")
-    if spec.family == "poisson" and ((y < 0).any() or (y != np.round(y)).any()):
-        raise DataError(f"family='poisson' needs non-negative integer counts in {spec.response!r}")
+    if spec.family == "binomial" and not spec.has_trials and not np.isin(y, (0.0, 1.0)).all():
+        raise DataError(f"family='binomial' needs a 0/1 response; {spec.response!r} has other values. For "
+                        "successes out of n trials write cbind(successes, n - successes) ~ ...")
+    if spec.family in ("poisson", "negbinomial") or spec.has_trials:
+        if (y < 0).any() or (y != np.round(y)).any():
+            what = "successes" if spec.has_trials else "counts"
+            raise DataError(f"family={spec.family!r} needs non-negative integer {what} in {spec.response!r}")
     if spec.family == "gaussian" and np.ptp(y) == 0:
         raise DataError(f"the response {spec.response!r} is constant; there is nothing to model")
     return y
+
+
+def _trials(spec: ModelSpec, frame: pd.DataFrame, y: np.ndarray | None) -> np.ndarray | None:
+    """Binomial trials per row (``y`` given: checked against the successes); None for other families."""
+    if spec.family != "binomial":
+        return None
+    if not spec.has_trials:
+        return np.ones(len(frame))
+    col = spec.failures if spec.failures is not None else spec.trials
+    check_columns(frame, [col], what="data")
+    s = frame[col]
+    if not _is_numeric(s):
+        raise DataError(f"the binomial {'failures' if spec.failures else 'trials'} column {col!r} must be numeric "
+                        f"(dtype is {s.dtype})")
+    v = s.to_numpy(dtype=float)
+    if (v != np.round(v)).any() or (v < 0).any():
+        raise DataError(f"the binomial {'failures' if spec.failures else 'trials'} column {col!r} must hold "
+                        "non-negative integers")
+    if spec.failures is not None:
+        successes = y if y is not None else frame[spec.response].to_numpy(dtype=float)
+        return v + successes
+    if y is not None and (y > v).any():
+        bad = int((y > v).sum())
+        raise DataError(f"{bad} rows have more successes ({spec.response!r}) than trials ({col!r}) in "
+                        f"{spec.response_text()}")
+    return v
+
+
+def _offset(spec: ModelSpec, frame: pd.DataFrame) -> np.ndarray:
+    """The sum of the formula's offset columns (zeros without one); each must be numeric and finite."""
+    out = np.zeros(len(frame))
+    if spec.offsets:
+        check_columns(frame, spec.offsets, what="data")
+    for o in spec.offsets:
+        if not _is_numeric(frame[o]):
+            raise DataError(f"the offset column {o!r} must be numeric (dtype is {frame[o].dtype}); an offset is on "
+                            "the linear predictor's scale, e.g. log(exposure) for a Poisson count")
+        v = frame[o].to_numpy(dtype=float)
+        if not np.isfinite(v).all():
+            raise DataError(f"the offset column {o!r} has missing or non-finite values (log of a zero exposure?)")
+        out = out + v
+    return out
 
 
 def _fixed_design(spec: ModelSpec, frame: pd.DataFrame, categories: dict | None):

@@ -36,6 +36,7 @@ def fit(
     seed: int | None = None,
     batch_rows: int | None = None,
     scheduler=None,
+    weights=None,
     **options,
 ) -> Fit:
     """Fit one hierarchical model on one backend.
@@ -50,7 +51,11 @@ def fit(
         An lme4-style formula such as ``"y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)"``.
     backend : str
         A registered backend name (see :func:`hiercompare.backends`).
-    family : {"gaussian", "binomial", "poisson"}, optional
+    family : {"gaussian", "binomial", "poisson", "negbinomial"}, optional
+        ``negbinomial`` is NB2 (variance ``mu + mu^2 / theta``, lme4's glmer.nb). A binomial outcome is a 0/1
+        response, or successes out of trials written ``cbind(successes, failures) ~ ...`` or
+        ``cbind(successes, n - successes) ~ ...``. ``offset(column)`` terms add a known column to the linear
+        predictor (e.g. ``offset(log_exposure)`` for a Poisson rate).
     na_action : {"error", "drop"}
         Missing values in used columns are an error unless ``"drop"`` is asked for; the number of dropped
         rows is then recorded in ``fit.diagnostics["notes"]``.
@@ -61,6 +66,9 @@ def fit(
     scheduler : optional
         For a Dask DataFrame: a ``distributed.Client``, a cluster or an address ``"tcp://host:8786"``
         (default: Dask's default scheduler, i.e. the last Client created).
+    weights : str or array-like, optional
+        Gaussian prior weights with lme4's and lm's meaning (row i's residual variance is ``sigma^2 / w_i``): a
+        column of ``data`` or one positive number per row. Backends that cannot use them refuse (SpecError).
     **options
         Backend options, e.g. ``method="ML"`` for mixedlm and lme4.
 
@@ -78,13 +86,16 @@ def fit(
     be.check(spec)
     streamed = not isinstance(data, pd.DataFrame) and is_source(data)
     if streamed:
+        if weights is not None:
+            raise SpecError("weights= are not read from a source read in batches; load the rows into a DataFrame")
         md = prepare_source(spec, data, backend=be.name, na_action=na_action, batch_rows=batch_rows,
                             scheduler=scheduler)
     elif batch_rows is not None or scheduler is not None:
         raise SpecError("batch_rows and scheduler are for sources read in batches (a file, a pyarrow dataset, a "
                         "Dask DataFrame); this data is already in memory")
     else:
-        md = prepare(spec, data, na_action=na_action)
+        md = prepare(spec, data, na_action=na_action, weights=weights)
+    be.check_data(md)
     if be.takes_seed:
         options = {"seed": seed, **options}
     t1 = time.perf_counter()
@@ -116,6 +127,7 @@ def fit(
         "formula_as_given": spec.source,
         "family": spec.family,
         "seed": seed,
+        "weights": None if weights is None else (weights if isinstance(weights, str) else "array"),
         "options": {k: v for k, v in options.items()},
         "nobs": md.n,
     }

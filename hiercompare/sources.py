@@ -295,6 +295,9 @@ def prepare_source(spec: ModelSpec, source, backend: str = "native", na_action: 
         raise SpecError(f"backend {backend!r} needs the rows in memory and cannot read {source_name(source)} in "
                         "batches; fit backend='native' (exact Gaussian LMM on per-leaf sums), or read the data (or a "
                         "random subsample of it) into a pandas DataFrame first")
+    if spec.offsets or spec.has_trials or spec.family != "gaussian":
+        raise SpecError(f"a source read in batches is fitted by the Gaussian per-leaf sums, which carry no offset(), "
+                        f"cbind() trials or family {spec.family!r}; read the rows into a DataFrame for {spec.formula!r}")
     if na_action not in ("error", "drop"):
         raise SpecError(f"na_action must be 'error' or 'drop', got {na_action!r}")
     batch_rows = int(batch_rows or BATCH_ROWS)

@@ -1,8 +1,9 @@
 """The model specification: WHAT model, never HOW it is fitted.
 
 A :class:`ModelSpec` is parsed from an lme4-style formula. The formula is first checked against a strict
-grammar (identifiers, ``0``/``1``, ``~ + - * : / | || ( )`` and ``C(name)``); anything else is rejected
-before it can reach R or any other backend. The fixed part and the left-hand side of every bar term are
+grammar (identifiers, ``0``/``1``, ``~ + - * : / | || ( )``, ``C(name)`` and ``offset(name)`` on the right, and
+on the left a column name or the binomial ``cbind(successes, failures)`` / ``cbind(successes, n - successes)``);
+anything else is rejected before it can reach R or any other backend. The fixed part and the left-hand side of every bar term are
 then parsed with the ``formulae`` library; the grouping side of a bar term (``g``, ``a:b``, ``a/b``) is
 expanded here, as lme4 does (``a/b`` = ``a`` + ``a:b``).
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .errors import SpecError
 
-FAMILIES = ("gaussian", "binomial", "poisson")
+FAMILIES = ("gaussian", "binomial", "poisson", "negbinomial")  # negbinomial: NB2, var = mu + mu^2 / theta
 DIALECTS = ("hiercompare", "lme4")
 INTERCEPT = "(Intercept)"
 
@@ -24,6 +25,10 @@ _NAME = r"[A-Za-z][A-Za-z0-9_.]*"
 _TOKEN = re.compile(
     rf"\s*(?:(?P<name>{_NAME})|(?P<num>[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)|(?P<op>\|\||[~+:/|()*\-]))")
 _VALID_NAME = re.compile(rf"^{_NAME}$")
+# lme4's binomial response with trials, read as one token so that its comma never enters the grammar
+_CBIND = re.compile(rf"\s*cbind\s*\(\s*(?P<s>{_NAME})\s*,\s*(?:(?P<n>{_NAME})\s*-\s*(?P<s2>{_NAME})|(?P<f>{_NAME}))\s*\)")
+CBIND_FORMS = "cbind(successes, failures) or cbind(successes, n - successes), each a column name"
+OFFSET_FORM = "offset(column), a term of its own added with '+' (compute log(exposure) in the data first)"
 # Names a formula cannot use as columns: R's reserved words (R rejects them, or drops TRUE silently) and the
 # names formulae reads as Python values (it would drop a column called True without a word).
 _RESERVED = frozenset("if else repeat while function for in next break TRUE FALSE NULL Inf NaN NA NA_integer_ "
@@ -119,10 +124,20 @@ class ModelSpec:
     groups: tuple[GroupTerm, ...]
     family: str = "gaussian"
     source: str = field(default="", compare=False)
+    offsets: tuple[str, ...] = ()  # columns of the offset() terms, summed into ModelData.offset
+    failures: str | None = None  # cbind(response, failures)
+    trials: str | None = None  # cbind(response, trials - response)
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise SpecError(f"family {self.family!r} is not supported; choose one of {', '.join(FAMILIES)}")
+        if self.failures is not None and self.trials is not None:
+            raise SpecError(f"a binomial response has failures or trials, not both; write {CBIND_FORMS}")
+        if self.has_trials and self.family != "binomial":
+            raise SpecError(f"{self.response_text()} is a binomial response with trials; pass family='binomial' "
+                            f"(family is {self.family!r})")
+        if len(set(self.offsets)) != len(self.offsets):
+            raise SpecError(f"offset({self.offsets[0]}) appears more than once; write each offset() term once")
         for name in self.variables:
             if not _VALID_NAME.match(name):
                 raise SpecError(f"{name!r} is not a valid column name in a formula (letters, digits, '_' and '.')")
@@ -145,27 +160,34 @@ class ModelSpec:
         if len(tilde) != 1:
             raise SpecError(f"a formula needs exactly one '~' (found {len(tilde)}) in {formula!r}")
         lhs, rhs = tokens[: tilde[0]], tokens[tilde[0] + 1 :]
-        if len(lhs) != 1 or lhs[0][0] != "name":
+        if len(lhs) != 1 or lhs[0][0] not in ("name", "cbind"):
             raise SpecError(
-                f"the response must be a single column name (got {_join(lhs)!r}); "
-                "transform it in the data, e.g. df['log_y'] = np.log(df['y'])"
+                f"the response must be a single column name, or for a binomial outcome with trials {CBIND_FORMS} "
+                f"(got {_join(lhs)!r}); transform it in the data, e.g. df['log_y'] = np.log(df['y'])"
             )
         if not rhs:
             raise SpecError(f"the formula {formula!r} has nothing after '~'")
+        if any(k == "cbind" for k, _ in rhs):
+            raise SpecError(f"cbind() belongs on the left of '~' (the binomial response) in {formula!r}")
+        response, failures, trials = _parse_response(lhs[0], formula)
         _check_parens(rhs, formula)
         _check_adjacent(rhs, formula)
         fixed_pieces, bar_pieces = _split_terms(rhs, formula)
+        offsets, fixed_pieces = _take_offsets(fixed_pieces, formula)
         intercept, fixed = _parse_fixed(fixed_pieces, formula)
         groups: list[GroupTerm] = []
         for piece in bar_pieces:
             groups.extend(_parse_bar(piece, formula))
         return cls(
-            response=lhs[0][1],
+            response=response,
             intercept=intercept,
             fixed=tuple(fixed),
             groups=tuple(groups),
             family=family,
             source=formula,
+            offsets=offsets,
+            failures=failures,
+            trials=trials,
         )
 
     # ------------------------------------------------------------------ derived views
@@ -199,8 +221,43 @@ class ModelSpec:
         if fixed is None:
             fixed = ["1" if self.intercept else "0"]
             fixed += [t.formula_text() if dialect == "hiercompare" else t.name for t in self.fixed]
-        parts = list(fixed) + [g.formula_text() for g in self.groups]
-        return f"{self.response} ~ " + " + ".join(parts)
+        parts = list(fixed) + [f"offset({o})" for o in self.offsets] + [g.formula_text() for g in self.groups]
+        return f"{self.response_text(dialect)} ~ " + " + ".join(parts)
+
+    def response_text(self, dialect: str = "hiercompare") -> str:
+        """The left of ``~``: the response column, or the binomial ``cbind(...)``.
+
+        In the lme4 dialect (text for R) ``cbind(s, n - s)`` becomes ``cbind(s, <failures_column>)``: the
+        failures reach R as a data column that hiercompare computes (:attr:`failures_column`), never as code.
+
+        >>> ModelSpec.from_formula("cbind(k, n - k) ~ 1 + (1 | g)", family="binomial").response_text("lme4")
+        'cbind(k, n_minus_k)'
+        """
+        if self.failures is not None:
+            return f"cbind({self.response}, {self.failures})"
+        if self.trials is not None:
+            second = f"{self.trials} - {self.response}" if dialect == "hiercompare" else self.failures_column
+            return f"cbind({self.response}, {second})"
+        return self.response
+
+    @property
+    def has_trials(self) -> bool:
+        """True for a binomial response written with ``cbind()`` (trials per row), False for a 0/1 response."""
+        return self.failures is not None or self.trials is not None
+
+    @property
+    def failures_column(self) -> str | None:
+        """The column that holds the failures: ``failures`` for ``cbind(s, f)``; for ``cbind(s, n - s)`` a name
+        derived from both (``n_minus_s``, underscores appended until it is no column of the model), which
+        :func:`hiercompare.design.prepare` adds to ``ModelData.data``. ``None`` without ``cbind()``."""
+        if self.failures is not None:
+            return self.failures
+        if self.trials is None:
+            return None
+        name = f"{self.trials}_minus_{self.response}"
+        while name in self.variables:
+            name += "_"
+        return name
 
     @property
     def levels(self) -> tuple[GroupLevel, ...]:
@@ -229,10 +286,18 @@ class ModelSpec:
         return tuple(dict.fromkeys(v for g in self.groups for v in g.slopes))
 
     @property
+    def response_variables(self) -> tuple[str, ...]:
+        """The columns of the left of ``~``: the response, then the failures or trials column of ``cbind()``."""
+        extra = (self.failures,) if self.failures is not None else (self.trials,) if self.trials is not None else ()
+        return (self.response,) + extra
+
+    @property
     def variables(self) -> tuple[str, ...]:
-        """Every column the model reads, response first."""
+        """Every column the model reads, response first (then cbind's second column, predictors, offsets,
+        grouping columns)."""
         return tuple(
-            dict.fromkeys((self.response,) + self.fixed_variables + self.slope_variables + self.grouping_variables)
+            dict.fromkeys(self.response_variables + self.fixed_variables + self.slope_variables + self.offsets
+                          + self.grouping_variables)
         )
 
     def to_dict(self) -> dict:
@@ -249,11 +314,14 @@ class ModelSpec:
                 if t in used:
                     raise SpecError(f"{t} varies by {g.group} more than once; list each varying term once per factor")
                 used.add(t)
-            overlap = set(g.factor) & ({self.response} | set(g.slopes))
+            overlap = set(g.factor) & (set(self.response_variables) | set(g.slopes) | set(self.offsets))
             if overlap:
                 raise SpecError(f"{sorted(overlap)} is used both as a grouping factor and as a variable")
-        if self.response in self.fixed_variables + self.slope_variables:
-            raise SpecError(f"the response {self.response!r} also appears as a predictor")
+        for r in self.response_variables:
+            if r in self.fixed_variables + self.slope_variables + self.offsets:
+                raise SpecError(f"the response column {r!r} also appears as a predictor or offset")
+        if len(set(self.response_variables)) < len(self.response_variables):
+            raise SpecError(f"{self.response_text()} names the same column twice; write {CBIND_FORMS}")
         factors = sorted({g.factor for g in self.groups}, key=len)
         for i, a in enumerate(factors):
             for b in factors[i + 1 :]:
@@ -298,7 +366,14 @@ def _tokenize(formula: str) -> list[tuple[str, str]]:
     pos, out = 0, []
     text = formula.rstrip()
     while pos < len(text):
+        m = _CBIND.match(text, pos)
+        if m:
+            out.append(("cbind", m.group(0).strip()))
+            pos = m.end()
+            continue
         m = _TOKEN.match(text, pos)
+        if m and m.group("name") == "cbind":
+            raise SpecError(f"cbind() in {formula!r} must be written {CBIND_FORMS}; compute anything else in the data")
         if not m or m.end() == pos:
             bad = text[pos:].strip()[:20]
             raise SpecError(
@@ -312,16 +387,50 @@ def _tokenize(formula: str) -> list[tuple[str, str]]:
         if kind == "num" and val not in ("0", "1"):
             raise SpecError(f"the number {val!r} in {formula!r} is not allowed: only 0 and 1 (intercept) are")
         if kind == "name" and i + 1 < len(out) and out[i + 1][1] == "(":
-            if val != "C":
+            if val not in ("C", "offset"):
                 raise SpecError(
                     f"the function {val}() in {formula!r} is not part of the formula grammar: "
-                    "only C(column) is; compute transformed columns in the data first"
+                    "only C(column) and offset(column) are (and cbind() on the left for a binomial response); "
+                    "compute transformed columns in the data first"
                 )
             if not (i + 3 < len(out) and out[i + 2][0] == "name" and out[i + 3][1] == ")"):
+                if val == "offset":
+                    raise SpecError(f"offset() takes exactly one column name in {formula!r}: write {OFFSET_FORM}, "
+                                    "e.g. df['log_holders'] = np.log(df['Holders']) and offset(log_holders)")
                 raise SpecError(f"C() takes exactly one column name, as in C(region), in {formula!r}")
         elif kind == "name":
             _check_not_reserved(val, formula)
     return out
+
+
+def _parse_response(token: tuple[str, str], formula: str) -> tuple[str, str | None, str | None]:
+    """(response, failures, trials) from the left of ``~``: a name, or a ``cbind(...)`` token."""
+    kind, text = token
+    if kind == "name":
+        return text, None, None
+    m = _CBIND.fullmatch(text)
+    s, f, n, s2 = m.group("s"), m.group("f"), m.group("n"), m.group("s2")
+    for name in (s, f, n):
+        if name is not None:
+            _check_not_reserved(name, formula)
+    if n is not None and s2 != s:
+        raise SpecError(f"in {text!r} the subtracted column must be the successes {s!r}: write cbind({s}, {n} - {s}) "
+                        f"(the accepted forms are {CBIND_FORMS})")
+    return s, f, n
+
+
+def _take_offsets(pieces, formula):
+    """Split the ``offset(column)`` terms from the fixed pieces: (offset columns, the other pieces)."""
+    offsets, rest = [], []
+    for p in pieces:
+        vals = [v for _, v in p]
+        if "offset" in vals and p[vals.index("offset")][0] == "name" and vals[vals.index("offset") + 1 : vals.index("offset") + 2] == ["("]:
+            if len(vals) != 4 or vals[0] != "offset":
+                raise SpecError(f"{_join(p)!r} in {formula!r}: write {OFFSET_FORM}")
+            offsets.append(vals[2])
+            continue
+        rest.append(p)
+    return tuple(offsets), rest
 
 
 def _check_not_reserved(name: str, formula: str) -> None:

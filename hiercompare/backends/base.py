@@ -19,6 +19,9 @@ class Backend:
     install_hint: str = "run `make install`"
     takes_seed: bool = False  # True for backends that draw random numbers (samplers, learners): fit() passes seed
     requires_groups: bool = True  # every mixed-model backend; ols / r_lm fit a model without group terms too
+    # what of ModelData.offset / trials / weights the backend uses: "offset" (offset() terms), "trials"
+    # (binomial cbind(s, f)), "weights" (Gaussian prior weights); a spec or data that needs one it lacks is refused
+    features: frozenset[str] = frozenset()
 
     def availability(self) -> tuple[bool, str]:
         for mod in self.requires:
@@ -36,14 +39,43 @@ class Backend:
         if spec.family not in self.families:
             raise SpecError(
                 f"backend {self.name!r} fits families {list(self.families)}, not {spec.family!r}; "
-                "use lme4 for binomial or poisson outcomes"
+                "use lme4 for binomial, poisson or negbinomial outcomes"
             )
+        if spec.offsets and "offset" not in self.features:
+            raise SpecError(f"backend {self.name!r} cannot use offset({', '.join(spec.offsets)}); fit this formula "
+                            f"with one of {feature_backends('offset')}")
+        if spec.has_trials and "trials" not in self.features:
+            raise SpecError(f"backend {self.name!r} cannot fit the binomial response with trials "
+                            f"{spec.response_text()}; fit it with one of {feature_backends('trials')}")
+
+    def check_data(self, md: ModelData) -> None:
+        """Raise SpecError if this backend cannot use what ``md`` carries beyond the spec (prior weights)."""
+        self.check(md.spec)
+        if md.weights is not None and "weights" not in self.features:
+            raise SpecError(f"backend {self.name!r} cannot use prior weights (weights=); fit with one of "
+                            f"{feature_backends('weights')}")
 
     def fit(self, md: ModelData, **options) -> Fit:  # pragma: no cover - interface
         raise NotImplementedError
 
     def versions(self) -> dict[str, str]:
         return {}
+
+
+def feature_backends(feature: str) -> list[str]:
+    """The registered backends whose class lists ``feature`` (read from the classes, without importing any
+    backend library)."""
+    from . import REGISTRY
+
+    out = []
+    for name, target in REGISTRY.items():
+        module, cls = target.split(":")
+        try:
+            if feature in getattr(importlib.import_module(module), cls).features:
+                out.append(name)
+        except Exception:  # pragma: no cover - a backend module that fails to import is not offered
+            continue
+    return out
 
 
 def reml_or_ml(method) -> str:

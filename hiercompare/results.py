@@ -76,6 +76,20 @@ def check_unseen(unseen: dict, groups: dict, seen: dict, allow_new_levels: bool 
                   UnseenLevelsWarning, stacklevel=stacklevel + 1)
 
 
+def inverse_link(family: str, eta):
+    """The mean on the response scale for a linear predictor ``eta``: identity (gaussian), logistic (binomial: the
+    probability per trial), exp (poisson, negbinomial). The one place the links live (predictions here, marginal
+    predictions and replicated data elsewhere)."""
+    eta = np.asarray(eta, dtype=float)
+    if family == "gaussian":
+        return eta
+    if family == "binomial":
+        return 0.5 * (1.0 + np.tanh(0.5 * eta))  # the logistic, without overflow for large |eta|
+    if family in ("poisson", "negbinomial"):
+        return np.exp(eta)
+    raise ValueError(f"no inverse link for family {family!r}")
+
+
 def tidy_frame(rows: list[dict]) -> pd.DataFrame:
     """Rows (dicts with any subset of TIDY_COLUMNS) -> a frame with every column, in order."""
     df = pd.DataFrame(rows, columns=TIDY_COLUMNS)
@@ -253,7 +267,8 @@ class Fit:
         """Split each row's linear predictor into national + level parts.
 
         Columns: ``national`` (the fixed part X beta), ``nonlinear`` (the learned f(x) of the machine-learning
-        backends, absent otherwise), then ``"<group>|<term>"`` for every varying term of
+        backends, absent otherwise), ``offset`` (the formula's ``offset()`` columns, absent without one; read
+        from ``newdata``), then ``"<group>|<term>"`` for every varying term of
         every level (intercept deviations, and slope deviations times the covariate), then ``prediction``,
         their sum, which is what :meth:`predict` returns on the link scale.
 
@@ -291,6 +306,8 @@ class Fit:
         parts = {"national": X @ fe.to_numpy()}
         if self.nonlinear is not None:
             parts["nonlinear"] = np.asarray(self.nonlinear(data), dtype=float)
+        if self.spec.offsets:
+            parts["offset"] = md.offset if newdata is None else md.offset_for(newdata)
         unseen, groups, examples, notes = {}, {}, {}, {}
         ran = self.ranef() if md.hierarchy.levels else {}
         for lv in md.hierarchy.levels:
@@ -322,9 +339,16 @@ class Fit:
 
     def predict(self, newdata: pd.DataFrame | None = None, type: str = "link",
                 allow_new_levels: bool | None = None) -> np.ndarray:
-        """Predictions: fixed part plus every level's deviation (0 for labels unseen in fitting).
+        """Conditional predictions: fixed part (+ offset) plus every level's deviation (0 for labels unseen in
+        fitting), i.e. given the group effects.
 
-        ``type='response'`` applies the inverse link (logistic for binomial, exp for poisson).
+        ``type``: ``'link'`` the linear predictor (with the formula's offsets, as lme4's predict);
+        ``'response'`` the inverse link of it, as lme4/glm: the mean for gaussian, the probability per trial
+        for binomial, the expected count (offset, i.e. exposure, included) for poisson and negbinomial;
+        ``'count'`` the expected count of the response column: ``trials * p`` for binomial (trials read from
+        ``newdata``'s cbind columns; 1 for a 0/1 response), as ``'response'`` otherwise.
+        Marginal predictions (integrating the inverse link over the group effects, as a new group's E[y]
+        needs) are not made here: :func:`inverse_link` and :meth:`decompose`'s parts are their inputs.
         ``allow_new_levels`` as in :meth:`decompose`: None warns about unseen group labels (counted per level),
         True accepts them silently, False refuses them with a DataError.
 
@@ -333,15 +357,19 @@ class Fit:
         >>> fit.predict(newdata, allow_new_levels=False)  # doctest: +SKIP
         DataError: predict(): 12 of 40 rows have a school not seen in fitting (3 labels, e.g. '31', '32', '33') ...
         """
-        if type not in ("link", "response"):
-            raise ValueError("type must be 'link' or 'response'")
+        if type not in ("link", "response", "count"):
+            raise ValueError("type must be 'link', 'response' or 'count'")
         parts, seen = self._decompose(newdata)
         check_unseen(parts.attrs["unseen"], parts.attrs["unseen_groups"], seen, allow_new_levels, "predict",
                      rows=len(parts), stacklevel=2)
         eta = parts["prediction"].to_numpy()
-        if type == "link" or self.spec.family == "gaussian":
+        if type == "link":
             return eta
-        return 1 / (1 + np.exp(-eta)) if self.spec.family == "binomial" else np.exp(eta)
+        mu = inverse_link(self.spec.family, eta)
+        if type == "count" and self.spec.family == "binomial":
+            md = self._require_model()
+            return mu * (md.trials if newdata is None else md.trials_for(newdata))
+        return mu
 
     def _require_model(self) -> ModelData:
         if self.model is None:

@@ -39,6 +39,10 @@ TIDY_COLUMNS = ["effect", "group", "level", "term", "estimate", "std_error", "co
 NUMERIC_COLUMNS = ["estimate", "std_error", "conf_low", "conf_high", "df", "p_value"]
 KEY = ["effect", "group", "level", "term"]
 RESIDUAL = "Residual"
+# the negative binomial's (NB2) dispersion: one ran_pars row, group DISPERSION, term THETA, var = mu + mu^2 / theta
+# (lme4's glmer.nb theta, brms's shape, PyMC's alpha); not under RESIDUAL, whose row is a residual SD
+DISPERSION = "Dispersion"
+THETA = "theta"
 
 
 def _dtype_notes(lv, data: pd.DataFrame) -> list[str]:

@@ -187,6 +187,21 @@ def prepare(spec: ModelSpec, data: pd.DataFrame, na_action: str = "error", weigh
     )
 
 
+def weighted_view(md: ModelData) -> ModelData:
+    """A Gaussian ModelData whose rows are scaled by ``sqrt(weights)`` (``y``, ``X``, every ``Z`` and the offset),
+    ``weights`` None: an unweighted LMM on it has the weighted model's likelihood (lme4/lm prior weights,
+    residual variance ``sigma^2 / w``) up to the constant ``0.5 * sum(log w)``, which the weighted
+    log-likelihood adds. Estimates, BLUPs, df and profiles are the weighted model's. ``md`` itself without weights.
+    """
+    if md.weights is None:
+        return md
+    from dataclasses import replace
+
+    r = np.sqrt(md.weights)
+    return replace(md, y=md.y * r, X=md.X * r[:, None], Z={g: z * r[:, None] for g, z in md.Z.items()},
+                   offset=md.offset * r, weights=None)
+
+
 def check_columns(data: pd.DataFrame, needed, what: str = "data") -> None:
     missing = [c for c in dict.fromkeys(needed) if c not in data.columns]
     if missing:

@@ -51,9 +51,12 @@ _SOURCED: set[str] = set()
 _R_NAME = r"[A-Za-z][A-Za-z0-9_.]*"
 _NAME = re.compile(rf"^{_R_NAME}$")
 # The grammar of the formulas sent to R (as ModelSpec.to_formula writes them), the one check before R parses
-# them: response ~ term + ... with terms 0, 1, name(:name)* and (0|1 [+ name]* |/|| name(:name)*).
-_R_TERM = rf"(?:[01]|{_R_NAME}(?::{_R_NAME})*|\((?:[01])(?: \+ {_R_NAME})* \|\|? {_R_NAME}(?::{_R_NAME})*\))"
-_FORMULA = re.compile(rf"^{_R_NAME} ~ {_R_TERM}(?: \+ {_R_TERM})*$")
+# them: response ~ term + ... with the response a name or cbind(name, name) (both data columns), terms 0, 1,
+# name(:name)*, offset(name) and (0|1 [+ name]* |/|| name(:name)*).
+_R_TERM = (rf"(?:[01]|{_R_NAME}(?::{_R_NAME})*|offset\({_R_NAME}\)"
+           rf"|\((?:[01])(?: \+ {_R_NAME})* \|\|? {_R_NAME}(?::{_R_NAME})*\))")
+_R_RESPONSE = rf"(?:{_R_NAME}|cbind\({_R_NAME}, {_R_NAME}\))"
+_FORMULA = re.compile(rf"^{_R_RESPONSE} ~ {_R_TERM}(?: \+ {_R_TERM})*$")
 
 
 class _RSession:
@@ -191,6 +194,13 @@ def floats(x) -> object:
         return ro.FloatVector(np.asarray(x, dtype=float))
 
 
+def null() -> object:
+    """R's NULL (an absent optional argument)."""
+    import rpy2.robjects as ro
+
+    return ro.NULL
+
+
 def matrix(X: np.ndarray) -> object:
     import rpy2.robjects as ro
 
@@ -227,15 +237,31 @@ def r_formula(spec: ModelSpec, fixed: list[str] | None = None) -> str:
     they are factors in the data) and checked against the formula grammar; ``fixed`` replaces the fixed part
     (brms names its coefficients its own way). Nothing outside that grammar reaches R's parser.
     """
-    names = spec.variables
+    names = spec.variables + ((spec.failures_column,) if spec.has_trials else ())
     for n in names:
         if not _NAME.match(n):
             raise SpecError(f"{n!r} is not a valid R name")
     text = spec.to_formula("lme4", fixed=fixed)
     if not _FORMULA.match(text):  # defence in depth: the text must be exactly of the grammar's shape
         raise SpecError(f"refusing to send {text!r} to R: it is outside the formula grammar "
-                        "(response ~ 0/1 + names + (1 + names | group))")
+                        "(response ~ 0/1 + names + offset(name) + (1 + names | group))")
     return text
+
+
+def model_frame(md, factors: dict[str, tuple[str, ...] | None] | None = None) -> object:
+    """The R data.frame of every column an R formula of ``md.spec`` reads (:func:`r_formula`): the model's
+    columns and, for ``cbind(s, n - s)``, the failures column hiercompare computed (``spec.failures_column``).
+    Grouping columns are factors; so are the categorical fixed terms (with the fit's level order), and any
+    other column in ``factors``."""
+    spec = md.spec
+    cols = list(spec.variables) + ([spec.failures_column] if spec.trials is not None else [])
+    fac: dict[str, tuple[str, ...] | None] = {v: None for v in spec.grouping_variables}
+    for t in spec.fixed:
+        v = t.variables[0]
+        if v in md.categories:
+            fac[v] = md.categories[v]
+    fac.update(factors or {})
+    return dataframe(md.data[list(dict.fromkeys(cols))], fac)
 
 
 @functools.lru_cache(maxsize=None)

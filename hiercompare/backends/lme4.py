@@ -13,10 +13,10 @@ import warnings
 
 import numpy as np
 
-from .. import inference, rbridge
-from ..design import ModelData
+from .. import inference, mixedcore, rbridge
+from ..design import ModelData, weighted_view
 from ..errors import BackendError, ConvergenceWarning, SpecError
-from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame, wald_interval
+from ..results import DISPERSION, RESIDUAL, THETA, Fit, cor_term, sd_term, tidy_frame, wald_interval
 from .base import Backend, reml_or_ml
 
 OPTIMIZERS = ("default", "nloptwrap", "bobyqa", "Nelder_Mead")  # default: lme4's own for lmer / glmer
@@ -24,8 +24,9 @@ OPTIMIZERS = ("default", "nloptwrap", "bobyqa", "Nelder_Mead")  # default: lme4'
 
 class Lme4Backend(Backend):
     name = "lme4"
-    families = ("gaussian", "binomial", "poisson")
-    description = "R lme4 (lmer / glmer) through rpy2"
+    families = ("gaussian", "binomial", "poisson", "negbinomial")
+    features = frozenset({"offset", "trials", "weights"})
+    description = "R lme4 (lmer / glmer / glmer.nb) through rpy2"
 
     def availability(self):
         return rbridge.availability(("lme4",))
@@ -48,16 +49,17 @@ class Lme4Backend(Backend):
             raise SpecError("Kenward-Roger is for REML fits (as in lmerTest and pbkrtest); use method='REML' or "
                             "df='satterthwaite'")
         spec = md.spec
-        factors = {v: None for v in spec.grouping_variables}
-        for t in spec.fixed:
-            v = t.variables[0]
-            if v in md.categories:
-                factors[v] = md.categories[v]
-        frame = md.data[list(spec.variables)]
-        rdf = rbridge.dataframe(frame, factors)
+        weighted = md.weights is not None
+        rdf = rbridge.model_frame(md)
+        w = rbridge.floats(md.weights) if weighted else rbridge.null()
         out = rbridge.call("fit_lme4.R", "hc_fit_lme4", rdf, rbridge.r_formula(spec), spec.family,
-                           method == "REML", optimizer)
-        table, info = inference.fixed_effects(md, self._tidy(md, out), df, reml=method == "REML")
+                           method == "REML", optimizer, w)
+        # df on mixedcore: with offset and weights when the model has them (weighted_view)
+        gmd, core = md, None
+        if spec.family == "gaussian" and (md.has_offset or weighted):
+            gmd = weighted_view(md)
+            core = mixedcore.from_model_data(gmd, offset=gmd.offset)
+        table, info = inference.fixed_effects(gmd, self._tidy(md, out), df, reml=method == "REML", core=core)
         conv = list(out.get("conv_messages") or [])
         msgs = list(out.get("messages") or [])
         warns = list(out.get("warnings") or [])
@@ -97,6 +99,8 @@ class Lme4Backend(Backend):
             grp = _base_group(grp, groups)
             term = sd_term(v1) if v2 is None else cor_term(v1, v2)
             rows.append(dict(effect="ran_pars", group=grp, term=term, estimate=val))
+        if out.get("theta") is not None:
+            rows.append(dict(effect="ran_pars", group=DISPERSION, term=THETA, estimate=float(out["theta"])))
         re_ = out["ranef"]
         for gv, term, lab, val, sd in zip(re_["grpvar"], re_["term"], re_["grp"], re_["condval"], re_["condsd"]):
             rows.append(dict(effect="ran_vals", group=_base_group(gv, groups), level=lab, term=term, estimate=val,

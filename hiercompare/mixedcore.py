@@ -27,12 +27,72 @@ is in ``docs/mixedcore.md``.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize, sparse
 
 LOG2PI = np.log(2 * np.pi)
+
+#: which implementation evaluates the deviance and its gradient and builds the per-leaf sums: "numba" (compiled,
+#: :mod:`hiercompare.mixedcore_jit`), "numpy" (vectorised over groups) or "auto" (numba where it is installed
+#: and the tree has at least ``JIT_MIN_LEAVES`` leaf groups or the data ``JIT_MIN_ROWS`` rows). Both give the
+#: same numbers to rounding; the environment variable ``HIERCOMPARE_MIXEDCORE_ENGINE`` sets the default.
+ENGINE = os.environ.get("HIERCOMPARE_MIXEDCORE_ENGINE", "auto")
+JIT_MIN_LEAVES = 200
+JIT_MIN_ROWS = 100_000
+LBFGS_OPTIONS = dict(ftol=1e-12, gtol=1e-10, maxiter=2000, maxls=50)
+_JIT = None  # the compiled kernels' module once imported, False where numba is missing
+
+
+def _jit_module():
+    """:mod:`hiercompare.mixedcore_jit`, imported on first use (importing numba costs about 0.5 s), or None."""
+    global _JIT
+    if _JIT is None:
+        try:
+            from . import mixedcore_jit
+            _JIT = mixedcore_jit
+        except ImportError:
+            _JIT = False
+    return _JIT or None
+
+
+_BLAS = None  # a threadpoolctl controller, made on first use
+
+
+def _one_blas_thread():
+    """A context in which BLAS runs on one thread. Every matrix here is tiny; L-BFGS-B's own BLAS calls on
+    vectors of length len(theta) cost milliseconds each when OpenBLAS wakes its threads on a busy machine
+    (measured: 270 ms instead of 60 ms for one fit of 30,000 rows on 2 shared cores)."""
+    global _BLAS
+    from contextlib import nullcontext
+
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _BLAS = ThreadpoolController()
+        except Exception:  # pragma: no cover - threadpoolctl is a dependency; never fail a fit over it
+            _BLAS = False
+    if not _BLAS:
+        return nullcontext()
+    try:
+        return _BLAS.limit(limits=1, user_api="blas")
+    except Exception:  # pragma: no cover
+        return nullcontext()
+
+
+def _use_jit(size: int, threshold: int, engine: str | None = None) -> bool:
+    engine = ENGINE if engine is None else engine
+    if engine not in ("auto", "numba", "numpy"):
+        raise ValueError(f"mixedcore engine must be 'auto', 'numba' or 'numpy', got {engine!r}")
+    if engine == "numpy" or (engine == "auto" and size < threshold):
+        return False
+    if _jit_module() is None:
+        if engine == "numba":
+            raise ImportError("mixedcore engine 'numba' needs numba (pip install numba)")
+        return False
+    return True
 
 
 @dataclass
@@ -47,7 +107,12 @@ class LevelLayout:
 
 @dataclass
 class CoreResult:
-    """What :meth:`MixedCore.fit` returns (all on the original scale)."""
+    """What :meth:`MixedCore.fit` returns (all on the original scale).
+
+    ``blups`` and ``blup_cov`` are computed on first access (one top-down pass over the groups): callers that
+    need only the likelihood, beta and its covariance at many theta (profiles, Satterthwaite's derivatives)
+    do not pay for them. They are computed from the sums the core held when :meth:`MixedCore.solve` ran.
+    """
 
     theta: np.ndarray
     reml: bool
@@ -57,13 +122,44 @@ class CoreResult:
     vcov_beta: np.ndarray
     sigma: float
     cov: list[np.ndarray]  # per level: k x k covariance of the varying terms (sigma^2 Lambda Lambda')
-    blups: list[np.ndarray]  # per level: (G_l, k_l)
-    blup_cov: list[np.ndarray]  # per level: (G_l, k_l, k_l) conditional covariance
     converged: bool
     singular: bool
     message: str
     n_evals: int
     optimizer: list[str] = field(default_factory=list)
+    # (blups, blup_cov), or the pending top-down pass that computes them
+    effects: object = field(default=None, repr=False, compare=False)
+
+    def _resolve(self):
+        if isinstance(self.effects, _PendingEffects):
+            self.effects = self.effects()
+        return self.effects
+
+    @property
+    def blups(self) -> list[np.ndarray]:
+        """Per level: (G_l, k_l) BLUPs b = Lambda_l u (docs/mixedcore.md, section 6.1)."""
+        return self._resolve()[0]
+
+    @property
+    def blup_cov(self) -> list[np.ndarray]:
+        """Per level: (G_l, k_l, k_l) conditional covariances (``condvar``'s convention; section 6.2)."""
+        return self._resolve()[1]
+
+    def __getstate__(self):  # a pickled or copied result carries its effects, not the core's sums
+        self._resolve()
+        return self.__dict__
+
+
+class _PendingEffects:
+    """The top-down pass of :meth:`MixedCore.solve`, run when a result's BLUPs are first read."""
+
+    def __init__(self, core, C, theta, beta, sigma2, Sinv, condvar):
+        self.args = (core, C, theta, beta, sigma2, Sinv, condvar)
+
+    def __call__(self):
+        core, C, theta, beta, sigma2, Sinv, condvar = self.args
+        self.args = None
+        return core._effects(C, theta, beta, sigma2, Sinv, condvar)
 
 
 class MixedCore:
@@ -90,6 +186,9 @@ class MixedCore:
         self._cross_fixed = self._cross(self._W, self._W)  # (G_L, K+p, K+p): never changes
         self.set_response(y, offset)
 
+    #: "auto", "numba" or "numpy" for this core (None: the module's ``ENGINE``)
+    engine: str | None = None
+
     def _setup(self, levels, n: int, p: int) -> None:
         self.levels = list(levels)
         self.L = len(self.levels)
@@ -104,6 +203,7 @@ class MixedCore:
             for i, lv in enumerate(self.levels)
         ]
         self._layout_theta()
+        self._layout_leaf_first()
 
     @classmethod
     def from_sums(cls, levels, C, n: int) -> "MixedCore":
@@ -121,8 +221,10 @@ class MixedCore:
 
     # ------------------------------------------------------------------ sufficient statistics
     def _cross(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
-        """Per-leaf sums of A_i B_i' (one pass over the rows, by bincount)."""
+        """Per-leaf sums of A_i B_i' (one pass over the rows: compiled, or by bincount)."""
         G = self.levels[-1].n_groups
+        if A is B and _use_jit(A.shape[0], JIT_MIN_ROWS, getattr(self, "engine", None)):
+            return _jit_module().leaf_cross(np.ascontiguousarray(A), self._codes64(), G)
         out = np.empty((G, A.shape[1], B.shape[1]))
         same = A is B
         for a in range(A.shape[1]):
@@ -133,6 +235,11 @@ class MixedCore:
                     out[:, b, a] = s
         return out
 
+    def _codes64(self) -> np.ndarray:
+        if getattr(self, "_leaf64", None) is None:
+            self._leaf64 = np.ascontiguousarray(self.leaf_codes, dtype=np.int64)
+        return self._leaf64
+
     def set_response(self, y, offset=None) -> None:
         """Replace the response (or the offset): only the y cross-products are recomputed."""
         if self._W is None:
@@ -142,8 +249,12 @@ class MixedCore:
             y = y - np.asarray(offset, dtype=float)
         self.y = y
         G = self.levels[-1].n_groups
-        Wy = self._cross(self._W, y[:, None])[:, :, 0]
-        yy = np.bincount(self.leaf_codes, weights=y * y, minlength=G)
+        if _use_jit(len(y), JIT_MIN_ROWS, self.engine):
+            Wy, yy = _jit_module().leaf_cross_y(np.ascontiguousarray(self._W), np.ascontiguousarray(y),
+                                                self._codes64(), G)
+        else:
+            Wy = self._cross(self._W, y[:, None])[:, :, 0]
+            yy = np.bincount(self.leaf_codes, weights=y * y, minlength=G)
         D0 = self.K + self.p + 1
         C = np.empty((G, D0, D0))
         C[:, :-1, :-1] = self._cross_fixed
@@ -171,18 +282,186 @@ class MixedCore:
             lam[li][i, j] = t
         return lam
 
+    def _layout_leaf_first(self) -> None:
+        """Index maps for the fast path (docs/mixedcore.md, section 4.2): the leaf-first column order
+        ``[z_L, ..., z_1, X, y]``, where theta's entries sit in ``T2 = T P``, and the parents level by level."""
+        L, K, D = self.L, self.K, self.K + self.p + 1
+        offs = np.cumsum([0] + self.k)
+        perm = np.concatenate([np.arange(offs[li], offs[li + 1]) for li in range(L - 1, -1, -1)]
+                              + [np.arange(K, D)]).astype(np.int64)
+        inv = np.empty(D, dtype=np.int64)
+        inv[perm] = np.arange(D)
+        rows = np.array([offs[li] + i for li, i, _ in self.theta_index], dtype=np.int64)
+        cols = np.array([inv[offs[li] + j] for li, _, j in self.theta_index], dtype=np.int64)
+        pattern = np.zeros((D, D), dtype=bool)
+        pattern[rows, cols] = True
+        pattern[np.arange(K, D), np.arange(K, D)] = True
+        # the compiled kernel: T fully in leaf-first order, the structure of its part T_r below the leaf block
+        k0 = self.k[-1]
+        lrows, lcols = inv[rows], cols
+        rpat = np.zeros((D - k0, D - k0), dtype=bool)
+        rest = lrows >= k0
+        rpat[lrows[rest] - k0, lcols[rest] - k0] = True
+        rpat[np.arange(K - k0, D - k0), np.arange(K - k0, D - k0)] = True
+        self._fl = dict(
+            perm=perm, grow=rows, gcol=cols, lrow=lrows, lcol=lcols,
+            tptr=np.concatenate([[0], np.cumsum(rpat.sum(axis=0))]).astype(np.int64),
+            tidx=np.concatenate([np.flatnonzero(rpat[:, j]) for j in range(D - k0)]).astype(np.int64),
+            ks=np.array(self.k[::-1], dtype=np.int64),
+            parents=np.concatenate([np.asarray(self.levels[li].parent, dtype=np.int64)
+                                    for li in range(L - 1, 0, -1)] + [np.zeros(0, dtype=np.int64)]),
+            goff=np.concatenate([[0], np.cumsum([self.levels[li].n_groups for li in range(L - 1, 0, -1)])]
+                                + [[0]]).astype(np.int64)[:L],
+            ngroups=np.array([lv.n_groups for lv in self.levels[::-1]], dtype=np.int64),
+        )
+
+    def _Tlf(self, theta) -> np.ndarray:
+        """The relative factor T = blockdiag(Lambda_L, ..., Lambda_1, I) in leaf-first order."""
+        D = self.K + self.p + 1
+        T = np.zeros((D, D))
+        T[self._fl["lrow"], self._fl["lcol"]] = theta
+        T[np.arange(self.K, D), np.arange(self.K, D)] = 1.0
+        return T
+
+    def _leaf_sums(self):
+        """What the compiled kernel needs from the sums, computed once per set of sums (theta-free): per leaf
+        the cross-products of its own terms with themselves (czz) and with the other columns (czr), and per
+        parent the sum of its leaves' other-by-other block (Pm), all in leaf-first order."""
+        cached = getattr(self, "_leaf_cache", None)
+        if cached is not None and cached[0] is self.C:
+            return cached[1]
+        perm = self._fl["perm"]
+        k0 = self.k[-1]
+        Cp = self.C[:, perm][:, :, perm]
+        rr = Cp[:, k0:, k0:]
+        G_up = self.levels[-2].n_groups if self.L > 1 else 1
+        Pm = (self._sparse_parent[-1] @ rr.reshape(rr.shape[0], -1)).reshape(G_up, *rr.shape[1:])
+        out = (np.ascontiguousarray(Cp[:, :k0, :k0]), np.ascontiguousarray(Cp[:, :k0, k0:]),
+               np.ascontiguousarray(Pm))
+        self._leaf_cache = (self.C, out)
+        return out
+
+    def _kernel(self, theta, reml: bool, want_grad: bool):
+        fl = self._fl
+        czz, czr, Pm = self._leaf_sums()
+        return _jit_module().devgrad(czz, czr, Pm, self._Tlf(theta), fl["tptr"], fl["tidx"], fl["ks"],
+                                     fl["parents"], fl["goff"], fl["ngroups"], self.p, float(self.n), bool(reml),
+                                     bool(want_grad), fl["lrow"], fl["lcol"])
+
+    def _T2(self, theta) -> np.ndarray:
+        """The relative factor with its columns in leaf-first order: ``M_s = T2' C_s T2``."""
+        D = self.K + self.p + 1
+        T2 = np.zeros((D, D))
+        T2[self._fl["grow"], self._fl["gcol"]] = theta
+        T2[np.arange(self.K, D), np.arange(self.K, D)] = 1.0
+        return T2
+
+    # ------------------------------------------------------------------ deviance and gradient (fast path)
+    def deviance_and_gradient(self, theta, reml: bool = True, engine: str | None = None):
+        """The profiled deviance (as :meth:`deviance`) and its analytic gradient w.r.t. ``theta``.
+
+        Reverse mode through the level-by-level elimination (docs/mixedcore.md, section 4): one evaluation and
+        gradient cost about two deviance evaluations, whatever the length of theta. Returns ``(deviance,
+        gradient)``; ``(inf, zeros)`` where theta gives a non-positive pivot or penalised RSS.
+        ``engine``: "numba", "numpy" or "auto" (default: this core's ``engine``, else the module's ``ENGINE``).
+        """
+        theta = np.asarray(theta, dtype=float)
+        return self._devgrad(theta, reml, True, engine)
+
+    def gradient(self, theta, reml: bool = True) -> np.ndarray:
+        """d deviance / d theta (analytic): :meth:`deviance_and_gradient`'s second part."""
+        return self.deviance_and_gradient(theta, reml)[1]
+
+    def _devgrad(self, theta, reml: bool, want_grad: bool, engine: str | None = None):
+        engine = engine or self.engine
+        if _use_jit(self.C.shape[0], JIT_MIN_LEAVES, engine):
+            dev, grad, _, _, _ = self._kernel(theta, reml, want_grad)
+            return float(dev), grad
+        try:
+            return self._devgrad_numpy(theta, reml, want_grad)
+        except np.linalg.LinAlgError:
+            return np.inf, np.zeros(len(theta))
+
+    def _devgrad_numpy(self, theta, reml: bool, want_grad: bool):
+        """The same as :func:`hiercompare.mixedcore_jit.devgrad`, vectorised over the groups of each level."""
+        fl = self._fl
+        C = self.C
+        G, D = C.shape[0], C.shape[1]
+        T2 = self._T2(theta)
+        CT = (C.reshape(G * D, D) @ T2).reshape(G, D, D)  # C_s T2
+        cur = (CT.transpose(0, 2, 1).reshape(G * D, D) @ T2).reshape(G, D, D)  # T2' C_s T2
+        logdet = 0.0
+        tape = []
+        for j in range(self.L):
+            li = self.L - 1 - j
+            k = self.k[li]
+            Mee = cur[:, :k, :k] + np.eye(k)
+            Mer = cur[:, :k, k:]
+            if k == 1:
+                d = Mee[:, 0, 0]
+                if not (d > 0).all():
+                    raise np.linalg.LinAlgError("non-positive pivot")
+                logdet += np.log(d).sum()
+                Minv = (1.0 / d)[:, None, None]
+                X = Mer * Minv
+            else:
+                Lc = np.linalg.cholesky(Mee)
+                logdet += 2.0 * np.log(np.diagonal(Lc, axis1=1, axis2=2)).sum()
+                Li = np.linalg.inv(Lc)
+                Minv = np.swapaxes(Li, 1, 2) @ Li
+                X = Minv @ Mer
+            msg = cur[:, k:, k:] - np.swapaxes(Mer, 1, 2) @ X
+            tape.append((X, Minv))
+            G_up = self.levels[li - 1].n_groups if li else 1
+            cur = (self._sparse_parent[li] @ msg.reshape(msg.shape[0], -1)).reshape(G_up, *msg.shape[1:])
+        dev, Fbar = self._root(logdet, cur[0], reml)
+        if not want_grad or not np.isfinite(dev):
+            return dev, np.zeros(len(theta))
+        H = Fbar[None]
+        for j in range(self.L - 1, -1, -1):
+            li = self.L - 1 - j
+            X, Minv = tape[j]
+            Hg = H[self.levels[li].parent] if li else np.broadcast_to(H[0], (X.shape[0],) + H.shape[1:])
+            k = X.shape[1]
+            XH = X @ Hg
+            Mbar = np.empty((X.shape[0], k + X.shape[2], k + X.shape[2]))
+            Mbar[:, :k, :k] = Minv + XH @ np.swapaxes(X, 1, 2)
+            Mbar[:, :k, k:] = -XH
+            Mbar[:, k:, :k] = -np.swapaxes(XH, 1, 2)
+            Mbar[:, k:, k:] = Hg
+            H = Mbar
+        Tbar2 = 2.0 * (CT.transpose(1, 0, 2).reshape(D, G * D) @ H.reshape(G * D, D))
+        return dev, Tbar2[fl["grow"], fl["gcol"]]
+
+    def _root(self, logdet: float, F: np.ndarray, reml: bool):
+        """The deviance from log|A| and F = [[S, r], [r', q]], and its adjoint d deviance / d F (symmetric):
+        (dof / r2) g g' with g = [-beta_hat, 1], plus S^-1 for REML (docs/mixedcore.md, section 4.1)."""
+        p = self.p
+        try:
+            dev, beta, r2 = self._deviance_from(logdet, F, reml)
+        except np.linalg.LinAlgError:
+            return np.inf, None
+        if not np.isfinite(dev):
+            return np.inf, None
+        dof = self.n - p if reml else self.n
+        g = np.append(-beta, 1.0)
+        Fbar = (dof / r2) * np.outer(g, g)
+        if reml and p:
+            Fbar[:p, :p] += np.linalg.inv(F[:p, :p])
+        return dev, Fbar
+
     # ------------------------------------------------------------------ the elimination
     def _eliminate(self, theta, keep: bool = False):
         return self._eliminate_lam(self.lambdas(theta), keep)
 
-    def _eliminate_lam(self, lam, keep: bool = False):
+    def _eliminate_lam(self, lam, keep: bool = False, C=None):
         T = np.zeros((self.K + self.p + 1,) * 2)
         off = 0
         for li, k in enumerate(self.k):
             T[off:off + k, off:off + k] = lam[li]
             off += k
         T[off:, off:] = np.eye(self.p + 1)
-        M = T.T @ self.C @ T
+        M = T.T @ (self.C if C is None else C) @ T
         logdet = 0.0
         stored = []
         for li in range(self.L - 1, -1, -1):
@@ -214,11 +493,8 @@ class MixedCore:
         return logdet, F, stored[::-1], lam
 
     def deviance(self, theta, reml: bool = True) -> float:
-        try:
-            logdet, F, _, _ = self._eliminate(np.asarray(theta, dtype=float))
-        except np.linalg.LinAlgError:
-            return np.inf
-        return self._deviance_from(logdet, F, reml)[0]
+        """The profiled REML or ML deviance at ``theta`` (+inf where theta gives a non-positive pivot)."""
+        return self._devgrad(np.asarray(theta, dtype=float), reml, False)[0]
 
     def _deviance_from(self, logdet, F, reml):
         p, n = self.p, self.n
@@ -241,49 +517,123 @@ class MixedCore:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, reml: bool = True, theta0=None, condvar: str = "full") -> CoreResult:
-        """Minimise the profiled deviance: L-BFGS-B with central-difference gradients, restarted once, then,
-        only when the restart still moved the deviance, bounded Nelder-Mead and a last L-BFGS-B pass to polish
-        (the likelihood is flat along weakly identified SDs; see docs/mixedcore.md, section 4). The best point
-        found is kept."""
-        f = lambda t: self.deviance(t, reml)
+        """Minimise the profiled deviance: L-BFGS-B with the analytic gradient (:meth:`deviance_and_gradient`),
+        restarted once, then, only when the restart still moved the deviance, bounded Nelder-Mead and a last
+        L-BFGS-B pass to polish (the likelihood is flat along weakly identified SDs; see docs/mixedcore.md,
+        section 5). The best point found is kept."""
+        with _one_blas_thread():
+            return self._fit(reml, theta0, condvar)
+
+    def _fit(self, reml: bool, theta0, condvar: str) -> CoreResult:
+        nev = [0]
+
+        def f(t):
+            nev[0] += 1
+            return self._devgrad(np.asarray(t, dtype=float), reml, False)[0]
+
+        def fg(t):
+            nev[0] += 1
+            return self._devgrad(np.asarray(t, dtype=float), reml, True)
+
         x0 = self.theta0 if theta0 is None else np.asarray(theta0, dtype=float)
         bounds = [(lo if np.isfinite(lo) else None, None) for lo in self.lower]
         used = []
         best_x, best_f = x0, f(x0)
-        nev = 1
-        lbfgs = ("L-BFGS-B", dict(method="L-BFGS-B", jac="3-point", bounds=bounds,
-                                  options=dict(ftol=1e-15, gtol=1e-10, maxiter=2000, maxls=50)))
-        nm = ("Nelder-Mead", dict(method="Nelder-Mead", bounds=bounds,
-                                  options=dict(xatol=1e-8, fatol=1e-11, maxfev=300 * len(x0) + 200, adaptive=True)))
-        # L-BFGS-B twice (a restart drops a stale curvature estimate); Nelder-Mead and a last L-BFGS-B only
-        # when the restart still moved the deviance, i.e. the surface is flat or awkward there
-        runs = [lbfgs, lbfgs, nm, lbfgs]
         ok = False
         msg = ""
-        previous = np.inf
-        for i, (name, kw) in enumerate(runs):
-            if i == 2 and abs(previous - best_f) < 1e-9:
-                break
-            previous = best_f
-            res = optimize.minimize(f, best_x, **kw)
-            nev += res.nfev
+        lbfgs = ("L-BFGS-B", fg, dict(method="L-BFGS-B", jac=True, bounds=bounds,
+                                      options=dict(LBFGS_OPTIONS)))
+        nm = ("Nelder-Mead", f, dict(method="Nelder-Mead", bounds=bounds,
+                                     options=dict(xatol=1e-8, fatol=1e-11, maxfev=300 * len(x0) + 200,
+                                                  adaptive=True)))
+
+        def run(name, fun, kw):
+            nonlocal best_x, best_f, ok, msg
+            res = optimize.minimize(fun, best_x, **kw)
             used.append(f"{name}: {res.message!s} (deviance {res.fun:.12g})")
             if res.fun <= best_f:
                 best_x, best_f = np.asarray(res.x, dtype=float), float(res.fun)
             if name == "L-BFGS-B":  # Nelder-Mead only polishes; its budget running out is not a failure
                 ok = ok or bool(res.success)
                 msg = str(res.message)
+
+        # L-BFGS-B with the exact gradient, then Newton steps on a Hessian differenced from that gradient: they
+        # polish the flat directions and certify the optimum (a small Newton decrement on the free set, a
+        # positive definite Hessian there). Only where that certificate fails: L-BFGS-B again (a restart drops
+        # a stale curvature estimate), and, when the restart still moved the deviance, bounded Nelder-Mead and
+        # a last L-BFGS-B
+        run(*lbfgs)
+        newton_ok = False
+        if np.isfinite(best_f):
+            x, fx, newton_ok, note = self._newton_polish(best_x, best_f, fg)
+            used.append(f"Newton: {note} (deviance {fx:.12g})")
+            if fx <= best_f:
+                best_x, best_f = x, fx
+        if not newton_ok:
+            previous = best_f
+            run(*lbfgs)
+            if abs(previous - best_f) >= 1e-9:
+                run(*nm)
+                run(*lbfgs)
+        ok = ok or newton_ok
         theta = best_x
         # snap tiny diagonal values to the boundary, as lme4 reports singular fits
         diag = np.isfinite(self.lower)
         near = diag & (theta < 1e-7)
         if near.any():
             snapped = np.where(near, 0.0, theta)
-            if f(snapped) <= best_f + 1e-10:
-                theta = snapped
-                best_f = f(snapped)
-        return self.solve(theta, reml, converged=ok and np.isfinite(best_f), message=msg, n_evals=nev,
+            f_snapped = f(snapped)
+            if f_snapped <= best_f + 1e-10:
+                theta, best_f = snapped, f_snapped
+        return self.solve(theta, reml, converged=ok and np.isfinite(best_f), message=msg, n_evals=nev[0],
                           optimizer=used, condvar=condvar)
+
+    def _newton_polish(self, x, fx, fg, max_iter: int = 4):
+        """Newton steps from a point L-BFGS-B returned, on the Hessian differenced (centrally) from the exact
+        gradient, over the free parameters (a diagonal entry at its bound 0 with a gradient pushing it outward
+        stays fixed). Returns (theta, deviance, certified, note): certified when the Hessian on the free set is
+        positive definite and the Newton decrement g' H^-1 g / 2 is below max(1e-11, 1e-15 |deviance|) at the
+        returned point, or below 1e-6 where no step lowers the deviance any more (rounding)."""
+        lower = self.lower
+        diag = np.isfinite(lower)
+        x = np.asarray(x, dtype=float).copy()
+        note = "no free parameters"
+        for it in range(max_iter):
+            fcur, g = fg(x)
+            if not np.isfinite(fcur):
+                return x, fx, False, "deviance not finite"
+            free = ~(diag & (x <= 0.0) & (g >= 0.0))
+            idx = np.flatnonzero(free)
+            if idx.size == 0:
+                return x, fcur, True, note
+            H = np.empty((idx.size, idx.size))
+            for a, i in enumerate(idx):  # forward differences of the exact gradient: len(idx) evaluations
+                h = 1e-5 * max(abs(x[i]), 1e-2)
+                e = np.zeros_like(x)
+                e[i] = h
+                H[:, a] = (fg(x + e)[1][idx] - g[idx]) / h
+            H = (H + H.T) / 2
+            try:
+                Lh = np.linalg.cholesky(H)
+            except np.linalg.LinAlgError:
+                return x, fcur, False, f"Hessian not positive definite on the free set (iteration {it + 1})"
+            step = np.zeros_like(x)
+            step[idx] = -np.linalg.solve(Lh.T, np.linalg.solve(Lh, g[idx]))
+            decrement = -float(g[idx] @ step[idx]) / 2
+            note = f"decrement {decrement:.3g} after {it} step(s)"
+            if decrement < max(1e-11, 1e-15 * abs(fcur)):  # below what rounding lets the deviance resolve
+                return x, fcur, True, note
+            for _ in range(6):  # damped: the full step first, then halves, projected on the bounds
+                trial = np.where(diag, np.maximum(x + step, 0.0), x + step)
+                ft = fg(trial)[0]
+                if ft < fcur:
+                    break
+                step /= 2
+            else:
+                return x, fcur, decrement < 1e-6, f"no Newton step lowered the deviance ({note})"
+            x, fx = trial, ft
+        fcur, g = fg(x)
+        return x, fcur, False, f"{note}; {max_iter} Newton steps"
 
     def solve(self, theta, reml: bool = True, converged: bool = True, message: str = "", n_evals: int = 0,
               optimizer=None, condvar: str = "full") -> CoreResult:
@@ -294,12 +644,34 @@ class MixedCore:
         does (docs/mixedcore.md, section 5.2).
         """
         theta = np.asarray(theta, dtype=float)
-        logdet, F, stored, lam = self._eliminate(theta, keep=True)
+        logdet, F = self._logdet_F(theta)
         dev, beta, r2 = self._deviance_from(logdet, F, reml)
         p = self.p
         sigma2 = r2 / (self.n - p if reml else self.n)
         S = F[:p, :p]
         Sinv = np.linalg.inv(S) if p else np.zeros((0, 0))
+        cov = [sigma2 * lm @ lm.T for lm in self.lambdas(theta)]
+        diag_theta = theta[np.isfinite(self.lower)]
+        singular = bool((diag_theta < 1e-4).any())
+        return CoreResult(
+            theta=theta, reml=reml, deviance=dev, loglik=-dev / 2, beta=beta, vcov_beta=sigma2 * Sinv,
+            sigma=float(np.sqrt(sigma2)), cov=cov, converged=converged, singular=singular, message=message,
+            n_evals=n_evals, optimizer=list(optimizer or []),
+            effects=_PendingEffects(self, self.C, theta, beta, sigma2, Sinv, condvar),
+        )
+
+    def _logdet_F(self, theta):
+        """log|A| and F = [[S, r], [r', q]] at theta (compiled where the deviance is)."""
+        if _use_jit(self.C.shape[0], JIT_MIN_LEAVES, self.engine):
+            _, _, ok, logdet, F = self._kernel(theta, True, False)
+            if ok:
+                return float(logdet), F
+        return self._eliminate(theta)[:2]  # (raises LinAlgError where a pivot is not positive)
+
+    def _effects(self, C, theta, beta, sigma2, Sinv, condvar):
+        """BLUPs and their conditional covariances, top down (docs/mixedcore.md, section 6)."""
+        p = self.p
+        _, _, stored, lam = self._eliminate_lam(self.lambdas(theta), keep=True, C=C)
         # top-down: u for each level, and the covariance of each group's path [beta, u_1, ..., u_l]
         blups, blup_cov = [], []
         u_path = np.broadcast_to(beta, (1, p)).copy()  # per group of the level above: [beta, u_1..u_{l-1}]
@@ -333,15 +705,7 @@ class MixedCore:
                 top = np.concatenate([Pp, np.transpose(cov_u_path, (0, 2, 1))], axis=2)
                 bottom = np.concatenate([cov_u_path, var_u], axis=2)
                 P_path = np.concatenate([top, bottom], axis=1)
-        cov = [sigma2 * lm @ lm.T for lm in lam]
-        diag_theta = theta[np.isfinite(self.lower)]
-        singular = bool((diag_theta < 1e-4).any())
-        return CoreResult(
-            theta=theta, reml=reml, deviance=dev, loglik=-dev / 2, beta=beta, vcov_beta=sigma2 * Sinv,
-            sigma=float(np.sqrt(sigma2)), cov=cov, blups=blups, blup_cov=blup_cov, converged=converged,
-            singular=singular, message=message, n_evals=n_evals, optimizer=list(optimizer or []),
-        )
-
+        return blups, blup_cov
 
     def sample_effects(self, lam, beta, sigma: float, rng: np.random.Generator) -> list[np.ndarray]:
         """One exact draw of every group effect b from p(b | beta, sigma, Lambda, y) (Gaussian), top down.

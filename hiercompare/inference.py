@@ -38,9 +38,11 @@ Kenward-Roger (pbkrtest 0.5's ``vcovAdj`` and ``Lb_ddf``; REML fits only, as in 
     and the denominator df of a contrast follow Kenward & Roger (1997) as ``pbkrtest::Lb_ddf`` writes them.
     pbkrtest forms the n x n matrices; here every trace and product is written with q x q matrices (q: the
     number of group effects) through ``Sigma^-1 = sigma^-2 (I - Z Lambda A^-1 Lambda' Z')``, so the rows are
-    only needed for ``Z'Z``, ``Z'X`` and ``X'X`` (a streamed fit's per-leaf sums give them too). The cost is
-    O(q^3); above :data:`KR_MAX_EFFECTS` group effects Kenward-Roger is refused with a message. The
-    adjusted standard errors replace the engine's in the tidy frame.
+    only needed for ``Z'Z``, ``Z'X`` and ``X'X`` (a streamed fit's per-leaf sums give them too). ``A`` is
+    sparse (nested groups), so its sparse LU gives ``Lambda A^-1 Lambda'`` in about q^2 operations, and nothing
+    else costs more than q^2 p, but a few dense q x q matrices are held: above :data:`KR_MAX_EFFECTS` group
+    effects Kenward-Roger is refused with a message. The adjusted standard errors replace the engine's in the
+    tidy frame.
 
 z
     Wald intervals ``estimate -+ 1.96 std_error``, p-values from the normal distribution; ``df`` is ``inf``
@@ -73,7 +75,7 @@ ALIASES = {"satterthwaite": "satterthwaite", "kenward-roger": "kenward-roger", "
            "kr": "kenward-roger", "z": "z"}
 ZERO_TOL = float(np.sqrt(np.finfo(float).eps / 7e-7))  # numDeriv's zero.tol
 EIGEN_TOL = 1e-8  # lmerTest's tol: eigenvalues of the Hessian at or below it are left out of its inverse
-KR_MAX_EFFECTS = 20000  # Kenward-Roger forms q x q matrices; above this many group effects it is refused
+KR_MAX_EFFECTS = 6000  # Kenward-Roger forms a few dense q x q matrices (6000: 290 MB each); above, refused
 
 
 def df_method(df, family: str = "gaussian") -> str:
@@ -365,38 +367,52 @@ def _covariance_blocks(md):
 def kenward_roger(md, lambdas, sigma: float) -> KenwardRoger:
     """pbkrtest's ``vcovAdj`` at a REML estimate given by the relative factors ``lambdas`` (one k_l x k_l per
     level, Sigma_l = sigma^2 Lambda_l Lambda_l') and the residual SD, written with q x q matrices."""
-    from scipy import linalg, sparse
+    from scipy import sparse
+    from scipy.sparse import linalg as splinalg
 
     levels = md.hierarchy.levels
     off = _offsets(levels)
     q = off[-1]
     if q > KR_MAX_EFFECTS:
-        raise SpecError(f"Kenward-Roger forms dense matrices over all {q} group effects (more than "
+        raise SpecError(f"Kenward-Roger forms dense q x q matrices over all {q} group effects (more than "
                         f"{KR_MAX_EFFECTS}); use df='satterthwaite'")
     ZtZ, ZtX, XtX, n = cross_products(md)
     p = XtX.shape[0]
     s2 = float(sigma) ** 2
     Lam = sparse.block_diag([sparse.kron(sparse.identity(lv.n_groups), sparse.csr_matrix(lam))
                              for lv, lam in zip(levels, lambdas)], format="csr")
-    A = (Lam.T @ ZtZ @ Lam).toarray() + np.eye(q)
-    cf = linalg.cho_factor(A, lower=True)
-    H = Lam @ linalg.cho_solve(cf, Lam.T.toarray())  # Lambda A^-1 Lambda'  (q x q)
+    # A is sparse (a group's effects couple only to its ancestors'): a sparse LU in the natural order (top level
+    # first: the fill stays within each top group, and SuperLU's supernodes make the q solves fastest), then q solves
+    A = (Lam.T @ ZtZ @ Lam + sparse.identity(q)).tocsc()
+    lu = splinalg.splu(A, permc_spec="NATURAL")
+    H = np.asarray(Lam @ lu.solve(Lam.T.toarray()))  # Lambda A^-1 Lambda'  (q x q)
+    del lu
     H = (H + H.T) / 2
     K = ZtZ
     KH = np.asarray(K @ H)
-    R = np.eye(q) - KH  # Z'(I - Z H Z') = R Z'
+    trM2 = (n - 2 * np.trace(KH) + np.sum(KH * KH.T)) / s2 ** 2
+    R = KH  # R = I - K H: Z'(I - Z H Z') = R Z'
+    del KH
+    R *= -1.0
+    R[np.diag_indices(q)] += 1.0
     # sigma^2 Sigma^-1 = I - Z H Z'; every quantity below in sigma units, scaled at the end
     ZMZ = np.asarray((K @ R.T).T) / s2  # Z' Sigma^-1 Z = R K / s2
-    ZMX = (R @ ZtX) / s2
+    RZX = R @ ZtX
+    ZMX = RZX / s2
     HZX = H @ ZtX
     XMX = (XtX - ZtX.T @ HZX) / s2
-    ZM2Z = (ZMZ * s2) @ R.T / s2 ** 2
-    ZM2X = R @ (R @ ZtX) / s2 ** 2
+    ZM2X = R @ RZX / s2 ** 2
     YY = XtX - 2 * ZtX.T @ HZX + HZX.T @ (K @ HZX)
     XM2X = YY / s2 ** 2
-    RZX = R @ ZtX
     XM3X = (YY - RZX.T @ H @ RZX) / s2 ** 3
-    trM2 = (n - 2 * np.trace(KH) + np.sum(KH * KH.T)) / s2 ** 2
+
+    def zm2z_diag(li):
+        """The group-diagonal blocks (G_l, k_l, k_l) of Z' Sigma^-2 Z = R K R' / s2^2 at level li."""
+        Gl, k = levels[li].n_groups, len(levels[li].spec.terms)
+        rk = ZMZ[off[li]:off[li + 1]].reshape(Gl, k, q)
+        rr = R[off[li]:off[li + 1]].reshape(Gl, k, q)
+        return np.einsum("gaj,gbj->gab", rk, rr) / s2
+
     Phi = np.linalg.inv(XMX)
     Phi = (Phi + Phi.T) / 2
     # the parameters: every covariance entry of every block (level l), then the residual variance
@@ -412,34 +428,40 @@ def kenward_roger(md, lambdas, sigma: float) -> KenwardRoger:
         """(I_G (x) E) applied to the rows of level li of M: a (G_l k_l, ...) block."""
         k = E.shape[0]
         Gl = levels[li].n_groups
-        block = M[off[li]:off[li + 1]].reshape((Gl, k) + M.shape[1:])
-        return np.einsum("ab,gb...->ga...", E, block).reshape((Gl * k,) + M.shape[1:])
+        block = M[off[li]:off[li + 1]].reshape(Gl, k, -1)
+        return np.matmul(E, block).reshape((Gl * k,) + M.shape[1:])
 
     ng = len(params) + 1
     V = []  # Etilde_r Z' Sigma^-1 X, full q x p (zero outside level l)
-    T = []  # Etilde_r Z' Sigma^-1 Z restricted to level l's rows (q_l x q)
     for li, E in params:
         v = np.zeros((q, p))
         v[off[li]:off[li + 1]] = apply_e(li, E, ZMX)
         V.append(v)
-        T.append(apply_e(li, E, ZMZ))
     P = [-(ZMX.T @ v) for v in V] + [-XM2X]
     P = [(x + x.T) / 2 for x in P]
+
+    def pair_moments(lr, ls):
+        """M[a', b, a, b'] = sum over groups g (level lr), h (level ls) of B[g,a',h,b] B[g,a,h,b'], B the block
+        of Z' Sigma^-1 Z between the two levels: tr(Et_r ZMZ Et_s ZMZ) = sum E_r[a,a'] E_s[b',b] M[a',b,a,b']."""
+        kl, km = len(levels[lr].spec.terms), len(levels[ls].spec.terms)
+        B = ZMZ[off[lr]:off[lr + 1], off[ls]:off[ls + 1]].reshape(levels[lr].n_groups, kl, levels[ls].n_groups, km)
+        B2 = B.transpose(1, 3, 0, 2).reshape(kl * km, -1)
+        return (B2 @ B2.T).reshape(kl, km, kl, km)
+
     Q = {}
+    diag, moments = {}, {}
     Kt = np.empty((ng, ng))
-    for r, (lr, _) in enumerate(params):
+    for r, (lr, Er) in enumerate(params):
         for s in range(r, len(params)):
-            ls = params[s][0]
+            ls, Es = params[s]
             Q[r, s] = V[r].T @ ZMZ @ V[s]
-            # tr(Et_r ZMZ Et_s ZMZ) = sum over rows of l_r, cols of l_s of T_r * T_s'
-            Kt[r, s] = Kt[s, r] = np.sum(T[r][:, off[ls]:off[ls + 1]] * T[s][:, off[lr]:off[lr + 1]].T)
+            if (lr, ls) not in moments:
+                moments[lr, ls] = pair_moments(lr, ls)
+            Kt[r, s] = Kt[s, r] = np.einsum("ij,kl,jlik->", Er, Es, moments[lr, ls])
         Q[r, ng - 1] = V[r].T @ ZM2X
-        E = params[r][1]
-        lv = levels[lr]
-        k = E.shape[0]
-        diag_blocks = ZM2Z[off[lr]:off[lr + 1], off[lr]:off[lr + 1]].reshape(lv.n_groups, k, lv.n_groups, k)
-        gi = np.arange(lv.n_groups)
-        Kt[r, ng - 1] = Kt[ng - 1, r] = np.einsum("ab,gba->", E, diag_blocks[gi, :, gi, :])
+        if lr not in diag:
+            diag[lr] = zm2z_diag(lr)
+        Kt[r, ng - 1] = Kt[ng - 1, r] = np.einsum("ab,gba->", Er, diag[lr])
     Q[ng - 1, ng - 1] = XM3X
     Kt[ng - 1, ng - 1] = trM2
     IE2 = np.empty((ng, ng))

@@ -330,9 +330,15 @@ def test_storage_and_agreement_carry_df(sleepstudy):
     fits = [hc.fit(sleepstudy, formula, backend=b) for b in ("native", "mixedlm")]
     tab = agreement.compare(fits)
     d = tab[tab["quantity"] == "df"]
-    assert len(d) == 2 and (d["verdict"] == "info").all() and (d["param_class"] == "fixed_df").all()
+    assert len(d) == 2 and (d["verdict"] == "agree").all() and (d["param_class"] == "fixed_df").all()
     np.testing.assert_allclose(d["value_a"], d["value_b"], rtol=1e-4)
     assert "fixed_df" in set(agreement.summary(tab)["param_class"])
+    # z on both sides agrees; different methods are information only
+    z = [hc.fit(sleepstudy, formula, backend=b, df="z") for b in ("native", "mixedlm")]
+    assert set(agreement.compare(z).query("quantity == 'df'")["verdict"]) == {"agree"}
+    assert set(agreement.compare([fits[0], z[1]]).query("quantity == 'df'")["verdict"]) == {"info"}
+    kr = hc.fit(sleepstudy, formula, backend="mixedlm", df="kenward-roger")
+    assert set(agreement.compare([fits[0], kr]).query("quantity == 'df'")["verdict"]) == {"info"}
 
 
 # ---------------------------------------------------------------------- against a live R

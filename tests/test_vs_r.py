@@ -39,7 +39,7 @@ def test_ols_equals_r_lm_to_1e8(seed_fits):
     assert a.loglik == pytest.approx(b.loglik, rel=1e-10)
     table = hc.compare([a, b])
     assert set(table["verdict"]) == {"agree"}
-    assert len(table) == 2 * (3 + 70) + 1 + 1  # estimates and SEs, residual SD, logLik
+    assert len(table) == 2 * (3 + 70) + 1 + 1 + 3  # estimates and SEs, residual SD, logLik, the fixed effects' df
 
 
 def test_ols_equals_r_lm_unbalanced_with_categorical():

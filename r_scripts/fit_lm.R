@@ -1,6 +1,7 @@
 # R's lm on a design matrix built by hiercompare (the ols backend's design), for the Python-vs-R check.
-hc_fit_lm <- function(X, y) {
-  run <- hc_capture(stats::lm(y ~ 0 + X))
+# `weights` (prior weights) and `offset` are numeric vectors or NULL.
+hc_fit_lm <- function(X, y, weights = NULL, offset = NULL) {
+  run <- hc_capture(stats::lm(y ~ 0 + X, weights = weights, offset = offset))
   if (inherits(run$value, "hc_error")) return(hc_json(list(error = run$value$message)))
   fit <- run$value
   if (anyNA(stats::coef(fit))) {

@@ -27,7 +27,7 @@ OPTIONS = {  # short runs: the test is about what the Fit holds, not about the f
     "lightgbm": dict(max_rounds=30),
     "lightgbm-cat": dict(max_rounds=30),
 }
-NEEDS_R = {"r_lm", "lme4", "brms"}
+NEEDS_R = {"r_lm", "r_glm", "lme4", "brms"}
 SLOW = {"pymc", "brms"}  # a compile on the first fit of a process (nutpie) or machine (Stan, then cached)
 
 
@@ -52,9 +52,13 @@ def test_fit_pickles_with_predictions_unchanged(backend, small):
     info = backends([backend])[backend]
     if not info["available"]:
         pytest.skip(f"{backend} is not available here: {info['reason']}")
+    family = None
+    if "gaussian" not in info["families"]:  # glm / r_glm: the same tree with a count response
+        family = "poisson"
+        data = data.assign(y=np.random.default_rng(5).poisson(np.exp(np.clip(data["y"] / data["y"].std(), -3, 3))))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", hc.ConvergenceWarning)  # the short sampler runs do not converge
-        fit = hc.fit(data, formula, backend=backend, seed=1, **OPTIONS.get(backend, {}))
+        fit = hc.fit(data, formula, backend=backend, seed=1, family=family, **OPTIONS.get(backend, {}))
     copy = pickle.loads(pickle.dumps(fit))
     pd.testing.assert_frame_equal(copy.tidy(), fit.tidy(), check_exact=True)
     assert fit.decompose(new).attrs["unseen"] == {"market": 10, "market:submarket": 20}

@@ -13,6 +13,8 @@ from .base import Backend
 REGISTRY: dict[str, str] = {
     "ols": "hiercompare.backends.ols:OLSBackend",
     "r_lm": "hiercompare.backends.r_lm:RLmBackend",
+    "glm": "hiercompare.backends.glm:GLMBackend",
+    "r_glm": "hiercompare.backends.r_glm:RGlmBackend",
     "mixedlm": "hiercompare.backends.mixedlm:MixedLMBackend",
     "lme4": "hiercompare.backends.lme4:Lme4Backend",
     "native": "hiercompare.backends.native:NativeBackend",

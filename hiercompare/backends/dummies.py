@@ -1,4 +1,5 @@
-"""The fixed-effects (no pooling) design shared by ``ols`` and ``r_lm``.
+"""The fixed-effects (no pooling) design shared by ``ols`` and ``r_lm`` (and ``glm`` / ``r_glm`` for non-Gaussian
+families).
 
 Every varying term of every level becomes fixed dummy columns with sum-to-zero (deviation) coding *within
 each parent*: the market deviations sum to zero over markets, and the submarket deviations sum to zero
@@ -91,9 +92,12 @@ def _sum_to_zero(parent: np.ndarray) -> np.ndarray:
     return np.column_stack(cols) if cols else np.zeros((G, 0))
 
 
-def tidy_rows(md: ModelData, dd: DummyDesign, coef: np.ndarray, vcov: np.ndarray, sigma: float, df_resid: float):
+def tidy_rows(md: ModelData, dd: DummyDesign, coef: np.ndarray, vcov: np.ndarray, sigma: float | None,
+              df_resid: float, extra: list[dict] | None = None):
     """Fixed, ran_vals (all deviations, with SEs) and the residual SD, with t-based 95% intervals; the fixed rows'
-    ``df`` is the residual df and ``p_value`` the t test's."""
+    ``df`` is the residual df and ``p_value`` the t test's. ``df_resid=inf`` gives z intervals (a GLM's Wald
+    tests); ``sigma=None`` writes no residual row (binomial, poisson); ``extra`` rows are appended as given
+    (the negative binomial's theta)."""
     tq = stats.t.ppf(0.975, df_resid)
     se = np.sqrt(np.clip(np.diag(vcov), 0, None))
     rows = []
@@ -111,5 +115,7 @@ def tidy_rows(md: ModelData, dd: DummyDesign, coef: np.ndarray, vcov: np.ndarray
         for g, lab in enumerate(lv.labels):
             rows.append(dict(effect="ran_vals", group=group, level=lab, term=term, estimate=dev[g],
                              std_error=dse[g], conf_low=dev[g] - tq * dse[g], conf_high=dev[g] + tq * dse[g]))
-    rows.append(dict(effect="ran_pars", group=RESIDUAL, term=sd_term("Observation"), estimate=sigma))
+    if sigma is not None:
+        rows.append(dict(effect="ran_pars", group=RESIDUAL, term=sd_term("Observation"), estimate=sigma))
+    rows.extend(extra or [])
     return tidy_frame(rows)

@@ -4,7 +4,9 @@ Fixed effects come with ``vcov``'s SEs and, for lmer, t-based 95% intervals and 
 df (the default; ``df="kenward-roger"``: pbkrtest's adjusted SEs and df; ``df="z"``: Wald z), computed at lme4's
 estimates in :mod:`hiercompare.inference` (lmerTest's numbers); glmer's are Wald z; ran_vals are
 ``ranef(condVar = TRUE)`` with conditional SDs and Wald 95% intervals (+-1.96 SD); ran_pars are ``VarCorr`` (SDs
-and correlations; no standard errors, as in broom.mixed). Singular fits and lme4's convergence messages go into ``diagnostics``.
+and correlations; no standard errors, as in broom.mixed) with lme4's profile-likelihood intervals by default, computed
+on mixedcore from lme4's estimates (:mod:`hiercompare.profile`). Singular fits and lme4's convergence messages go
+into ``diagnostics``.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from .. import inference, mixedcore, rbridge
+from .. import inference, mixedcore, profile, rbridge
 from ..design import ModelData, weighted_view
 from ..errors import BackendError, ConvergenceWarning, SpecError
 from ..results import DISPERSION, RESIDUAL, THETA, Fit, cor_term, sd_term, tidy_frame, wald_interval
@@ -33,12 +35,18 @@ class Lme4Backend(Backend):
 
 
     def fit(self, md: ModelData, method: str = "REML", optimizer: str = "default", df: str | None = None,
-            **options) -> Fit:
+            ran_pars_ci: str = "profile", ran_pars_nsim: int = 500, ran_pars_seed=None, **options) -> Fit:
         """``df``: the fixed effects' intervals and p-values for lmer fits, ``"satterthwaite"`` (default),
         ``"kenward-roger"`` (REML) or ``"z"``, computed at lme4's estimates by :mod:`hiercompare.inference`
-        (lmerTest's and pbkrtest's numbers); glmer fits are Wald z (``df="z"``, the default for them)."""
+        (lmerTest's and pbkrtest's numbers); glmer fits are Wald z (``df="z"``, the default for them).
+        ``ran_pars_ci``: the SDs' and correlations' intervals for lmer fits, ``"profile"`` (default: lme4's
+        ``confint(method = "profile")`` computed on mixedcore from lme4's estimates, not by R), ``"bootstrap"``
+        (parametric, ``ran_pars_nsim`` draws from ``ran_pars_seed``, refitted by mixedcore) or ``"none"``
+        (:mod:`hiercompare.profile`); glmer fits get none."""
         if options:
-            raise TypeError(f"lme4 options are method, optimizer and df; got {sorted(options)}")
+            raise TypeError(f"lme4 options are method, optimizer, df, ran_pars_ci, ran_pars_nsim and ran_pars_seed; "
+                            f"got {sorted(options)}")
+        ran_pars_ci = profile.check_method(ran_pars_ci)
         method = reml_or_ml(method)
         if optimizer not in OPTIMIZERS:
             raise SpecError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
@@ -50,11 +58,13 @@ class Lme4Backend(Backend):
                             "df='satterthwaite'")
         spec = md.spec
         weighted = md.weights is not None
+        if ran_pars_ci == "bootstrap" and (md.has_offset or weighted):
+            raise SpecError("ran_pars_ci='bootstrap' simulates without the offset and prior weights; use 'profile'")
         rdf = rbridge.model_frame(md)
         w = rbridge.floats(md.weights) if weighted else rbridge.null()
         out = rbridge.call("fit_lme4.R", "hc_fit_lme4", rdf, rbridge.r_formula(spec), spec.family,
                            method == "REML", optimizer, w)
-        # df on mixedcore: with offset and weights when the model has them (weighted_view)
+        # df and profiles on mixedcore: with offset and weights when the model has them (weighted_view)
         gmd, core = md, None
         if spec.family == "gaussian" and (md.has_offset or weighted):
             gmd = weighted_view(md)
@@ -69,13 +79,15 @@ class Lme4Backend(Backend):
         converged = not failures and out.get("optimizer_code", 0) == 0
         if not converged:
             warnings.warn(f"lme4 did not converge cleanly: {failures}", ConvergenceWarning, stacklevel=2)
-        return Fit(
+        fit = Fit(
             backend=self.name, spec=spec, table=table, model=md, loglik=float(out["loglik"]),
             method=method if spec.family == "gaussian" else "ML (Laplace)", nobs=int(out["nobs"]),
             diagnostics={"converged": converged, "singular": singular, "warnings": warns + msgs,
                          "convergence_messages": conv, "optimizer": optimizer, "df_method": info["df_method"],
                          "notes": info["notes"]},
         )
+        # the ran_pars intervals on mixedcore, started at lme4's estimates (R's profile() takes far longer)
+        return profile.add_intervals(fit, ran_pars_ci, core=core, nsim=ran_pars_nsim, seed=ran_pars_seed)
 
     def _tidy(self, md: ModelData, out: dict):
         names = out["fixef_names"]

@@ -6,13 +6,15 @@ Satterthwaite's df (the default) or Kenward-Roger's (adjusted SEs too), or z int
 (:mod:`hiercompare.inference`); ran_vals are BLUPs with conditional SDs that,
 by default (``condvar="full"``), include the uncertainty of the fixed effects (Henderson's prediction-error
 variance); ``condvar="beta_fixed"`` conditions on the fixed effects, as lme4's ``ranef(condVar = TRUE)`` does,
-and matches it. ran_pars have no standard errors. The derivation is in ``docs/mixedcore.md``.
+and matches it. ran_pars have no standard errors; their intervals are profile-likelihood intervals by default
+(:mod:`hiercompare.profile`, lme4's ``confint(method = "profile")``), or parametric bootstrap ones. The derivation is
+in ``docs/mixedcore.md``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import inference, mixedcore
+from .. import inference, mixedcore, profile
 from ..design import ModelData
 from ..errors import SpecError
 from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame, wald_interval
@@ -25,11 +27,18 @@ class NativeBackend(Backend):
 
 
     def fit(self, md: ModelData, method: str = "REML", condvar: str = "full", df: str | None = None,
-            **options) -> Fit:
+            ran_pars_ci: str = "profile", ran_pars_nsim: int = 500, ran_pars_seed=None, **options) -> Fit:
         """``df``: the fixed effects' intervals and p-values, ``"satterthwaite"`` (default), ``"kenward-roger"``
-        (REML) or ``"z"`` (:mod:`hiercompare.inference`)."""
+        (REML) or ``"z"`` (:mod:`hiercompare.inference`). ``ran_pars_ci``: the SDs' and correlations' intervals,
+        ``"profile"`` (default, as lme4's ``confint(method = "profile")``), ``"bootstrap"`` (parametric,
+        ``ran_pars_nsim`` draws from ``ran_pars_seed``) or ``"none"`` (:mod:`hiercompare.profile`)."""
         if options:
-            raise TypeError(f"native options are method, condvar and df; got {sorted(options)}")
+            raise TypeError(f"native options are method, condvar, df, ran_pars_ci, ran_pars_nsim and ran_pars_seed; "
+                            f"got {sorted(options)}")
+        ran_pars_ci = profile.check_method(ran_pars_ci)
+        if ran_pars_ci == "bootstrap" and getattr(md, "sums", None) is not None:
+            raise SpecError("ran_pars_ci='bootstrap' redraws the response on the rows; a source read in batches "
+                            "keeps only per-leaf sums: use ran_pars_ci='profile'")
         method = reml_or_ml(method)
         if condvar not in ("full", "beta_fixed"):
             raise SpecError(f"condvar must be 'full' or 'beta_fixed', got {condvar!r}")
@@ -41,7 +50,7 @@ class NativeBackend(Backend):
         res = core.fit(reml=method == "REML", condvar=condvar)
         table, info = inference.fixed_effects(md, tidy_rows(md, res), df, reml=method == "REML", core=core,
                                               theta=res.theta, sigma=res.sigma)
-        return Fit(
+        out = Fit(
             backend=self.name, spec=md.spec, table=table, model=md, loglik=res.loglik, method=method,
             nobs=md.n,
             diagnostics={"converged": res.converged, "singular": res.singular, "warnings": [],
@@ -49,6 +58,8 @@ class NativeBackend(Backend):
                          "theta": res.theta.tolist(), "df_method": info["df_method"], "notes": info["notes"]},
             raw=res,
         )
+        return profile.add_intervals(out, ran_pars_ci, core=core, theta=res.theta, nsim=ran_pars_nsim,
+                                     seed=ran_pars_seed)
 
     def versions(self):
         import scipy

@@ -33,7 +33,12 @@ hc_inference_sets <- list(
   list(dataset = "oats", file = "hiercompare/data/oats.csv", reml = TRUE,
        formula = "yield ~ nitro + Variety + (1 | Block) + (1 | Block:Variety)"),
   list(dataset = "dietox", file = "hiercompare/data/dietox.csv", reml = TRUE,
-       formula = "Weight ~ Time + (1 | Litter) + (1 + Time | Litter:Pig)")
+       formula = "Weight ~ Time + (1 | Litter) + (1 + Time | Litter:Pig)"),
+  # two boundary (singular) fits: a correlation of -1 (theta's last diagonal entry 0), and a zero SD
+  list(dataset = "oats", file = "hiercompare/data/oats.csv", reml = TRUE,
+       formula = "yield ~ nitro + Variety + (1 + nitro | Block)"),
+  list(dataset = "dietox", file = "hiercompare/data/dietox.csv", reml = TRUE,
+       formula = "Weight ~ Time + (1 | Cu) + (1 | Cu:Litter)")
 )
 
 hc_inference_reference <- function(root = ".", out = NULL) {

@@ -54,6 +54,8 @@ def _cmd_fit(args) -> int:
     options = {}
     if args.method:
         options["method"] = args.method.upper()
+    if args.df:
+        options["df"] = args.df
     csv = args.data.lower().endswith((".csv", ".csv.gz", ".tsv"))
     if args.scheduler:  # a Dask cluster reads the files and sums its partitions
         import dask.dataframe as dd
@@ -164,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--backend", required=True)
     f.add_argument("--method", choices=["reml", "ml", "REML", "ML"], default=None)
     f.add_argument("--family", choices=["gaussian", "binomial", "poisson"], default=None)
+    f.add_argument("--df", choices=["satterthwaite", "kenward-roger", "z"], default=None,
+                   help="native, lme4, mixedlm: the fixed effects' t tests (default satterthwaite) or z")
     f.add_argument("--na-action", choices=["error", "drop"], default="error")
     f.add_argument("--seed", type=int, default=None)
     f.add_argument("--out", default=None, help="JSON file (default: stdout)")

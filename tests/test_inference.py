@@ -405,3 +405,19 @@ def test_glmer_fixed_effects_are_z(seed_data):
     np.testing.assert_allclose(t["p_value"], 2 * stats.norm.sf(np.abs(t["estimate"] / t["std_error"])), rtol=1e-12)
     with pytest.raises(SpecError, match="Gaussian"):
         hc.fit(data, "yb ~ x1 + (1 | market)", backend="lme4", family="binomial", df="satterthwaite")
+
+
+def test_cli_fit_takes_df(tmp_path, capsys):
+    from hiercompare.cli import main
+
+    path = tmp_path / "pastes.csv"
+    _data("pastes").to_csv(path, index=False)
+    for df, expected in (("kenward-roger", 9.0), ("z", None)):
+        out = tmp_path / f"{df}.json"
+        assert main(["fit", "--data", str(path), "--formula", "strength ~ 1 + (1 | batch) + (1 | batch:cask)",
+                     "--backend", "native", "--df", df, "--out", str(out)]) == 0
+        import json
+
+        row = json.loads(out.read_text())["tidy"][0]
+        assert row["effect"] == "fixed"
+        assert (row["df"] is None) if expected is None else row["df"] == pytest.approx(expected, rel=1e-9)

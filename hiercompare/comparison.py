@@ -460,8 +460,8 @@ def loo_table(fits: Sequence[Fit], **loo_options) -> pd.DataFrame:
     ``good_k`` threshold and the counts of Pareto k in ArviZ's bins (good ``k <= good_k``, bad
     ``good_k < k <= 1``, very bad ``k > 1``) and the largest k. Where two or more such fits share the same rows,
     ``arviz.compare`` ranks them and adds ``elpd_diff``, ``dse`` (SE of the pointwise difference) and the
-    stacking ``weight``. A fit without LOO (the brms backend keeps no pointwise log-likelihood draws; the
-    frequentist engines have no posterior) gets a row with the reason in ``note``.
+    stacking ``weight``. brms's LOO comes from its kept joint draws (``keep_draws``, default 200). A fit without LOO
+    (brms with ``keep_draws=0``; the frequentist engines have no posterior) gets a row with the reason in ``note``.
 
     ``loo_options`` are passed to ``fit.loo()`` (e.g. ``thin=2``).
     """
@@ -473,7 +473,7 @@ def loo_table(fits: Sequence[Fit], **loo_options) -> pd.DataFrame:
         row.update(formula=fit.spec.formula, backend=fit.backend, warning=False, note="")
         if "loo" not in fit.extras:
             row["note"] = (f"{fit.backend} provides no PSIS-LOO: "
-                           + ("its Fit keeps no pointwise log-likelihood draws" if fit.backend == "brms" else
+                           + ("it kept no posterior draws (keep_draws=0)" if fit.backend == "brms" else
                               "not a Bayesian fit (compare it with information_criteria or cross-validation)"))
             rows.append(row)
             continue

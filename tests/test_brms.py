@@ -193,6 +193,28 @@ def test_close_to_lme4_and_native(first, seed_data):
         assert len(both) == 8
 
 
+def test_psis_loo_from_the_kept_draws(first):
+    """fit.loo(): ArviZ's PSIS-LOO of the pointwise Gaussian log-likelihood at the kept joint draws; its lppd is
+    the log of the mean likelihood over the draws, which we compute by hand, and p_loo = lppd - elpd_loo."""
+    from scipy import stats
+    from scipy.special import logsumexp
+
+    from hiercompare.comparison import loo_table
+
+    fit, _, _, _ = first
+    elpd = fit.loo()
+    md, draws = fit.model, fit.raw["draws"]
+    eta = brms_backend._linear_predictor(fit)
+    ll = stats.norm.logpdf(md.y[None, :], loc=eta, scale=draws["sigma"][:, None])
+    lppd = float((logsumexp(ll, axis=0) - np.log(ll.shape[0])).sum())
+    assert int(elpd["n_samples"]) == ll.shape[0] == 200 and int(elpd["n_data_points"]) == 5000
+    assert float(elpd["p_loo"]) == pytest.approx(lppd - float(elpd["elpd_loo"]), rel=1e-9)
+    # 3 fixed + 4 variance parameters + 10 x 2 + 50 group effects, partly pooled: fewer effective parameters
+    assert 20 < float(elpd["p_loo"]) < 80
+    row = loo_table([fit]).iloc[0]
+    assert row["elpd_loo"] == pytest.approx(float(elpd["elpd_loo"])) and row["note"] == "" or "Pareto" in row["note"]
+
+
 # ------------------------------------------------------------------------------------- the cache
 def test_cached_fit_in_process(first):
     _, _, first_seconds, _ = first

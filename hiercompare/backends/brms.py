@@ -238,7 +238,8 @@ class BrmsBackend(Backend):
         fit = Fit(backend=self.name, spec=md.spec, table=tidy_frame(rows), model=md, loglik=None,
                   method="NUTS (brms/rstan)", nobs=int(out["nobs"]), diagnostics=diag, raw=raw)
         if "draws" in raw:  # a module function bound to the fit (not a lambda), so the Fit pickles
-            fit.extras = {"posterior_predictive": functools.partial(posterior_predictive, fit)}
+            fit.extras = {"posterior_predictive": functools.partial(posterior_predictive, fit),
+                          "loo": functools.partial(loo, fit)}
         return fit
 
     def precompile(self, md: ModelData, priors: Priors | dict | None = None,
@@ -488,6 +489,38 @@ def posterior_predictive(fit: Fit, thin: int = 1, seed: int = 0) -> np.ndarray:
     if fam == "binomial":
         return rng.binomial(1, 1 / (1 + np.exp(-eta))).astype(float)
     return rng.poisson(np.exp(eta)).astype(float)
+
+
+def _linear_predictor(fit: Fit) -> np.ndarray:
+    """The kept draws' linear predictor for the fitted rows, (draws, rows)."""
+    md, draws = fit.model, fit.raw["draws"]
+    eta = draws["b"] @ md.X.T
+    for group, r in draws["r"].items():
+        lv = md.hierarchy.level(group)
+        eta = eta + np.einsum("nk,snk->sn", md.Z[group], r[:, lv.codes, :])
+    return eta
+
+
+def loo(fit: Fit):
+    """PSIS-LOO (arviz) from the pointwise log-likelihood of every row at the kept joint draws (``keep_draws``,
+    default 200, evenly spaced over the chains, given to ArviZ as one chain). With few draws the Pareto-k
+    estimates are less reliable: ArviZ's threshold for a good k falls with the number of draws (0.57 at 200)."""
+    import arviz as az
+    import xarray as xr
+    from scipy import stats
+
+    md, draws = fit.model, fit.raw["draws"]
+    eta = _linear_predictor(fit)
+    fam = fit.spec.family
+    if fam == "gaussian":
+        ll = stats.norm.logpdf(md.y[None, :], loc=eta, scale=draws["sigma"][:, None])
+    elif fam == "binomial":
+        ll = md.y * -np.logaddexp(0, -eta) + (1 - md.y) * -np.logaddexp(0, eta)
+    else:
+        ll = stats.poisson.logpmf(md.y[None, :], np.exp(eta))
+    post = xr.Dataset({f"b_{j}": (("chain", "draw"), draws["b"][None, :, j]) for j in range(draws["b"].shape[1])})
+    idata = az.InferenceData(posterior=post, log_likelihood=xr.Dataset({"y": (("chain", "draw", "obs"), ll[None])}))
+    return az.loo(idata, pointwise=True)
 
 
 def _diagnostics(out: dict) -> dict:

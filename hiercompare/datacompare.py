@@ -844,6 +844,7 @@ def _model_comparison(rows, specs, fits, store: UnitStore, say, ml=None) -> dict
 
 
 ALL_ROWS = "native (all rows)"
+LONG_TABLES = frozenset({"agreement"})  # written to tables/*.csv, left out of results.json
 
 
 def _streamed_fits(data, specs, method, na_action, batch_rows, scheduler, store: UnitStore, say) -> dict:
@@ -1002,7 +1003,10 @@ def _results(source, rows, specs, fits, tables, definition, names, cv_names, mod
         "cv_opt_in": [b for b in ("torch", "torch-embed", "pymc", "brms") if b in names and b not in cv_names],
         "definition": definition,
         "fits": {f_: {b: f.to_dict() for b, f in fs.items()} for f_, fs in fits.items()},
-        "tables": {name: _records(df) for name, df in tables.items()},
+        # every table but the long per-parameter agreement rows (tables/agreement.csv; the report shows their
+        # summary): on dietox with every backend they were 12 of results.json's 19 MB
+        "tables": {name: _records(df) for name, df in tables.items() if name not in LONG_TABLES},
+        "tables_only_as_csv": sorted(n for n in tables if n in LONG_TABLES),
         "provenance": {"hiercompare": __version__, "git_commit": git_commit(), "python": sys.version.split()[0],
                        "versions": package_versions(), "seed": definition["seed"],
                        "options": definition["options"],

@@ -58,6 +58,14 @@ def _jit_module():
     return _JIT or None
 
 
+def _readonly(a) -> np.ndarray:
+    """A C-contiguous float64 read-only view (a copy only where the input is not already C-contiguous
+    float64): the compiled passes then see one array type whatever pandas handed over."""
+    a = np.ascontiguousarray(a, dtype=float).view()
+    a.flags.writeable = False
+    return a
+
+
 _BLAS = None  # a threadpoolctl controller, made on first use
 
 
@@ -182,8 +190,8 @@ class MixedCore:
         self.X = X
         self.leaf_codes = np.asarray(leaf_codes)
         self.Z = [np.asarray(z, dtype=float) for z in Z]
-        self._W = np.column_stack(self.Z + [self.X])  # (n, K + p), response appended on demand
-        self._cross_fixed = self._cross(self._W, self._W)  # (G_L, K+p, K+p): never changes
+        self._W = None  # (n, K + p) = [Z_1 .. Z_L, X], made when the numpy pass needs it
+        self._cross_fixed = None  # (G_L, K+p, K+p): never changes; made by the first set_response
         self.set_response(y, offset)
 
     #: "auto", "numba" or "numpy" for this core (None: the module's ``ENGINE``)
@@ -221,10 +229,8 @@ class MixedCore:
 
     # ------------------------------------------------------------------ sufficient statistics
     def _cross(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
-        """Per-leaf sums of A_i B_i' (one pass over the rows: compiled, or by bincount)."""
+        """Per-leaf sums of A_i B_i' (one pass over the rows, by bincount)."""
         G = self.levels[-1].n_groups
-        if A is B and _use_jit(A.shape[0], JIT_MIN_ROWS, getattr(self, "engine", None)):
-            return _jit_module().leaf_cross(np.ascontiguousarray(A), self._codes64(), G)
         out = np.empty((G, A.shape[1], B.shape[1]))
         same = A is B
         for a in range(A.shape[1]):
@@ -242,20 +248,29 @@ class MixedCore:
 
     def set_response(self, y, offset=None) -> None:
         """Replace the response (or the offset): only the y cross-products are recomputed."""
-        if self._W is None:
+        if self.X is None:
             raise ValueError("this core was built from sums (MixedCore.from_sums): it has no rows to re-weight")
         y = np.asarray(y, dtype=float)
         if offset is not None:
             y = y - np.asarray(offset, dtype=float)
         self.y = y
         G = self.levels[-1].n_groups
-        if _use_jit(len(y), JIT_MIN_ROWS, self.engine):
-            Wy, yy = _jit_module().leaf_cross_y(np.ascontiguousarray(self._W), np.ascontiguousarray(y),
-                                                self._codes64(), G)
+        D0 = self.K + self.p + 1
+        if _use_jit(len(y), JIT_MIN_ROWS, self.engine):  # compiled, reading the columns in place
+            blocks = tuple(_readonly(b) for b in self.Z + [self.X])  # one numba type for every block
+            if self._cross_fixed is None:
+                C = _jit_module().leaf_cross(blocks + (_readonly(y[:, None]),), self._codes64(), G)
+                self._cross_fixed = C[:, :-1, :-1].copy()
+                self.C = C
+                return
+            Wy, yy = _jit_module().leaf_cross_y(blocks, _readonly(y), self._codes64(), G)
         else:
+            if self._W is None:
+                self._W = np.column_stack(self.Z + [self.X])
+            if self._cross_fixed is None:
+                self._cross_fixed = self._cross(self._W, self._W)
             Wy = self._cross(self._W, y[:, None])[:, :, 0]
             yy = np.bincount(self.leaf_codes, weights=y * y, minlength=G)
-        D0 = self.K + self.p + 1
         C = np.empty((G, D0, D0))
         C[:, :-1, :-1] = self._cross_fixed
         C[:, :-1, -1] = Wy

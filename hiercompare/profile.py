@@ -10,10 +10,12 @@ others (the fixed effects are profiled out exactly) and the signed square root
     zeta(c) = sign(c - psi_hat) sqrt(deviance(c) - deviance_min)
 
 is compared with the normal quantiles: the 95% interval is {c : |zeta(c)| <= 1.96}. lme4 traces zeta on a grid
-and interpolates with a spline; here each end is found directly, by a safeguarded secant iteration on zeta (on
-the log scale for SDs, atanh for correlations) to |zeta - 1.96| < 1e-5. Where the profile stays below 1.96 up to
-a bound (an SD at 0, a correlation at +-1), the interval ends at that bound, as lme4 reports it; an SD estimated
-at 0 gets the lower limit 0.
+and interpolates with a spline; here each end is found directly, by Newton's method on zeta (on the log scale for
+SDs, atanh for correlations, sqrt(1 -+ cor) next to +-1), its slope from the envelope theorem (d deviance / d psi at
+the inner optimum is the gradient's psi entry), safeguarded by a bracket, to |zeta - 1.96| < 1e-5. Where the
+profile stays below 1.96 up to a bound (an SD at 0, a correlation at +-1), the interval ends at that bound, as
+lme4 reports it; an SD estimated at 0 gets the lower limit 0. A profile point below the starting optimum (the fit
+had not converged) restarts the profile from a refit there, with a note (lme4 stops with an error).
 
 The criterion is the **ML** deviance by default, for REML fits too: lme4's ``profile()`` refits a REML fit by
 ML first (``refitML`` in ``devfun2``), so its intervals for a REML fit and for an ML fit agree. ``reml=True``
@@ -27,8 +29,8 @@ the deviance at (theta, sigma) is
 with d(theta) the sigma-profiled deviance (``MixedCore.deviance``), r2 the penalised residual sum of squares and
 dof = n (ML) or n - p (REML). r2 comes from a second core on the same sums with y'y raised by a constant
 (``MixedCore.from_sums``), whose profiled deviance differs only through r2. Both give analytic gradients
-(``MixedCore.deviance_and_gradient``), so each profile point is a small L-BFGS-B run warm-started from the
-neighbouring points. The same code serves ``lme4`` fits: the core is built on the same rows and started at
+(``MixedCore.deviance_and_gradient``), so each profile point is a short box-constrained quasi-Newton run started
+from the neighbouring points with the Hessian at the optimum (``docs/profile.md``). The same code serves ``lme4`` fits: the core is built on the same rows and started at
 lme4's estimates, so lme4 fits get intervals without R's slower ``profile()``.
 
 **Bootstrap** (:func:`bootstrap`, ``ran_pars_ci="bootstrap"``). :class:`~hiercompare.simulate.DesignScenario`
@@ -46,7 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import stats
 
 from . import mixedcore
 from .results import RESIDUAL, cor_term, sd_term
@@ -182,7 +184,6 @@ class Layout:
         out = np.empty(self.m)
         out[self._single_sd] = sigma * np.abs(theta[self._single_t])
         for sd_pos, cor_pos, tix in self._blocks:
-            nb = len(sd_pos)
             L = np.where(tix >= 0, theta[np.maximum(tix, 0)], 0.0)
             cov = sigma ** 2 * (L @ L.T)
             sd = np.sqrt(np.clip(np.diag(cov), 0, None))
@@ -582,7 +583,6 @@ class _Side:
         pf, w, free = self.pf, self.w, self.free
         phi = pf.phi_hat.copy()
         phi[w] = c
-        last = {}
 
         def fg(x):
             phi[free] = x

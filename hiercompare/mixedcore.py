@@ -103,6 +103,10 @@ def _use_jit(size: int, threshold: int, engine: str | None = None) -> bool:
     return True
 
 
+# relative SDs (theta diagonals) probed off a boundary stop: see MixedCore._fit
+BOUNDARY_PROBES = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+
+
 @dataclass
 class LevelLayout:
     group: str
@@ -591,6 +595,36 @@ class MixedCore:
                 run(*nm)
                 run(*lbfgs)
         ok = ok or newton_ok
+        # a diagonal at its bound 0 with a zero gradient may be a saddle, not a minimum: the deviance depends on
+        # it only through its square, so the gradient vanishes there whatever the curvature (seen on Exam, a
+        # correlated slope: L-BFGS-B and the Newton certificate stopped at correlation +1, 6.03 log-likelihood
+        # units below lme4's interior optimum). Start again off the bound; keep whichever is lower.
+        at_bound = np.isfinite(self.lower) & (best_x <= 1e-7)
+        if at_bound.any() and np.isfinite(best_f):
+            # along each such coordinate (the others held) look for a lower deviance on a log grid; L-BFGS-B
+            # from a far start overshoots back onto the bound, where the gradient vanishes again
+            start, f_start = best_x.copy(), best_f
+            for j in np.flatnonzero(at_bound):
+                for c in BOUNDARY_PROBES:
+                    trial = start.copy()
+                    trial[j] = c
+                    ft = f(trial)
+                    if ft < f_start - 1e-9:
+                        cand, f_start = trial, ft
+                if f_start < best_f - 1e-9:
+                    start = cand
+            previous_x, previous_f = best_x, best_f
+            best_x, best_f = start, f_start
+            if f_start < previous_f - 1e-9:
+                run(*lbfgs)
+            x, fx, escaped_ok, note = self._newton_polish(best_x, best_f, fg)
+            used.append(f"Newton after a restart off the boundary: {note} (deviance {fx:.12g})")
+            if fx <= best_f:
+                best_x, best_f = x, fx
+            if best_f < previous_f - 1e-9:
+                ok = escaped_ok or ok
+            else:
+                best_x, best_f = previous_x, previous_f
         theta = best_x
         # snap tiny diagonal values to the boundary, as lme4 reports singular fits
         diag = np.isfinite(self.lower)

@@ -236,3 +236,20 @@ def test_cli_compare_streams(parquet, tmp_path):
     assert code == 0
     fits = pd.read_csv(out / "tables" / "fits.csv").set_index("backend")
     assert fits.loc["ols", "status"] == "ok" and fits.loc["native (all rows)", "status"] == "ok"
+
+
+def test_the_bootstrap_on_the_users_design(tmp_path):
+    """--bootstrap N: N data sets from native's REML fit on the user's design, every backend that fit refitted;
+    the summary's truth is the reference fit's value and the bootstrap's study resumes from its folder."""
+    data = hc.datasets.load("pastes")
+    comp = compare_data(data, FORMULAS[0], backends=["native", "ols"], cv=None, bootstrap=5, seed=2,
+                        out=tmp_path / "b", progress=lambda m: None)
+    s = comp.table("bootstrap_summary")
+    ref = comp.table("bootstrap_reference")
+    assert set(s["backend"]) == {"native", "ols"} and (s["n_rep"] == 5).all()
+    native = hc.fit(data, FORMULAS[0], backend="native")
+    row = s[(s.backend == "native") & (s.term == "(Intercept)")].iloc[0]
+    assert row["truth"] == pytest.approx(native.fixef["(Intercept)"], rel=1e-12)
+    assert ref["reference"].iloc[0] == "native REML"
+    assert (tmp_path / "b" / "bootstrap" / "manifest.json").exists()
+    assert "9. Parametric bootstrap" in (tmp_path / "b" / "report.html").read_text()

@@ -15,6 +15,16 @@ Layout::
     [options.lme4]                 # keyword options for one backend
     method = "ML"
 
+A backend entry may be a variant of a registered backend, ``"<backend>:<label>"``, with its own options, so that
+one backend runs under several option sets on the same data sets; the results' ``backend`` column carries the
+entry::
+
+    backends = ["native:z", "native:kr"]
+    [options."native:z"]
+    df = "z"
+    [options."native:kr"]
+    df = "kenward-roger"
+
 Every key is checked: an unknown table or key is an error that lists the valid ones.
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ from ..errors import HierCompareError, StudyError
 from ..provenance import now
 from ..simulate import DesignScenario, Scenario
 from . import config, storage
-from .units import backend_report, run_unit, unit_seed
+from .units import VARIANT_SEP, backend_name, backend_report, run_unit, unit_seed
 
 
 @dataclass
@@ -33,9 +33,12 @@ class Study:
     replications : int
         Data sets per scenario.
     backends : sequence of str
-        Registered backend names; every backend in a replication fits the same data set.
+        Registered backend names, or variants of one named ``"<backend>:<label>"`` (``"native:kr"``: the native
+        backend with the options given for ``"native:kr"``); every entry in a replication fits the same data set,
+        and the results' ``backend`` column carries the entry.
     options : mapping, optional
-        Per-backend keyword options for :func:`hiercompare.fit`, e.g. ``{"lme4": {"method": "ML"}}``.
+        Per-entry keyword options for :func:`hiercompare.fit`, e.g. ``{"lme4": {"method": "ML"},
+        "native:kr": {"df": "kenward-roger"}}``.
     seed : int
         Base seed of the ``SeedSequence`` the unit seeds are spawned from.
     formula : str, optional
@@ -85,9 +88,12 @@ class Study:
         self.backends = tuple(self.backends)
         if not self.backends:
             raise StudyError("a study needs at least one backend")
-        unknown = [b for b in self.backends if b not in REGISTRY]
+        unknown = [b for b in self.backends if not isinstance(b, str) or backend_name(b) not in REGISTRY
+                   or b.endswith(VARIANT_SEP)]
         if unknown:
-            raise StudyError(f"unknown backend(s) {unknown}; registered backends are {sorted(REGISTRY)}")
+            raise StudyError(f"unknown backend(s) {unknown}; registered backends are {sorted(REGISTRY)}, or a "
+                             f"variant of one as '<backend>{VARIANT_SEP}<label>' (e.g. 'native{VARIANT_SEP}kr', "
+                             "with its own [options.\"native:kr\"])")
         if len(set(self.backends)) != len(self.backends):
             raise StudyError(f"backends are listed twice: {list(self.backends)}")
         opts = {}

@@ -4,6 +4,13 @@ This is what a worker runs, wherever it runs (this process, a local worker proce
 raises anything becomes ONE row for that backend and unit with empty keys, no estimates, ``converged`` missing
 (nothing ran to assess), its time and ``error = "<ExceptionType>: <message>"``; it is never redrawn and never
 stops the study. ``converged`` of a fit is :attr:`Fit.converged`: missing where the backend does not assess it.
+
+A study's backend entry is a registered backend name (``"native"``) or a *variant* of one, ``"<backend>:<label>"``
+(``"native:kr"``): the fit is made by the backend before the colon with the options given for the whole entry
+(``[options."native:kr"]``), and the rows carry the entry as their ``backend``. So one backend can run under
+several option sets on the same data sets (:func:`backend_name`). A parametric bootstrap of the variance
+parameters (``ran_pars_ci = "bootstrap"``) without its own ``ran_pars_seed`` is seeded by the unit's seed, so a
+study reruns to the same intervals.
 """
 from __future__ import annotations
 
@@ -21,6 +28,19 @@ from ..simulate import scenario_from_dict, simulate
 from .storage import normalize
 
 WARNING_SEP = " | "
+#: Separates a registered backend name from a variant label in a study's backend entry (``"native:kr"``).
+VARIANT_SEP = ":"
+
+
+def backend_name(entry: str) -> str:
+    """The registered backend that fits a study's backend entry: the entry itself, or its part before ``:``.
+
+    Examples
+    --------
+    >>> backend_name("native:kr"), backend_name("native"), backend_name("lightgbm-cat")
+    ('native', 'native', 'lightgbm-cat')
+    """
+    return str(entry).split(VARIANT_SEP, 1)[0]
 
 
 def unit_seed(base_seed: int, scenario_index: int, replication: int) -> int:
@@ -96,7 +116,7 @@ def run_unit(task: Mapping[str, Any]) -> pd.DataFrame:
             r["error"] = "simulate: " + r["error"]
         return normalize(pd.DataFrame(rows))
     tru = truth.tidy()[KEY + ["estimate", "realized"]].rename(columns={"estimate": "truth"})
-    with one_thread(task["backends"]):
+    with one_thread(list(dict.fromkeys(backend_name(b) for b in task["backends"]))):
         frames = _fit_all(task, sc, data, tru, base)
     return normalize(pd.concat(frames, ignore_index=True))
 
@@ -107,11 +127,13 @@ def _fit_all(task, sc, data, tru, base) -> list[pd.DataFrame]:
     frames: list[pd.DataFrame] = []
     for be in task["backends"]:
         opts = dict(task["options"].get(be, {}))
+        if opts.get("ran_pars_ci") == "bootstrap" and opts.get("ran_pars_seed") is None:
+            opts["ran_pars_seed"] = base["seed"]  # the bootstrap's draws keyed by the unit too (entropy [seed, b])
         t1 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                f = fit(data, task["formula"], backend=be, family=sc.family, seed=base["seed"], **opts)
+                f = fit(data, task["formula"], backend=backend_name(be), family=sc.family, seed=base["seed"], **opts)
                 failure = None
             except Exception as exc:  # any failure is a row with its text, never a crash
                 failure = exc
@@ -122,23 +144,24 @@ def _fit_all(task, sc, data, tru, base) -> list[pd.DataFrame]:
         tab = f.tidy().merge(tru, on=KEY, how="left")
         texts = list(f.diagnostics.get("warnings", []))
         texts += [t for t in _warning_texts(caught) if t not in texts]
-        tab = tab.assign(**base, converged=f.converged, warnings=WARNING_SEP.join(texts), seconds=secs, error="")
+        tab = tab.assign(**base, backend=be, converged=f.converged, warnings=WARNING_SEP.join(texts), seconds=secs, error="")
         frames.append(tab)
     return frames
 
 
 def backend_report(backends: Sequence[str]) -> dict[str, dict]:
-    """Per backend: available, reason, versions (run where the fits run)."""
+    """Per backend entry (a variant is reported as its backend): available, reason, versions (run where the fits
+    run)."""
     from ..backends import get_backend
 
     out = {}
     for name in backends:
         try:
-            be = get_backend(name)
+            be = get_backend(backend_name(name))
             out[name] = {"available": True, "reason": "", "versions": be.versions()}
         except HierCompareError as exc:
             out[name] = {"available": False, "reason": str(exc), "versions": {}}
     return out
 
 
-__all__ = ["WARNING_SEP", "unit_seed", "run_unit", "backend_report"]
+__all__ = ["WARNING_SEP", "VARIANT_SEP", "backend_name", "unit_seed", "run_unit", "backend_report"]

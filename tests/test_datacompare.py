@@ -253,3 +253,24 @@ def test_the_bootstrap_on_the_users_design(tmp_path):
     assert ref["reference"].iloc[0] == "native REML"
     assert (tmp_path / "b" / "bootstrap" / "manifest.json").exists()
     assert "9. Parametric bootstrap" in (tmp_path / "b" / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_fits_on_local_processes_and_on_dask_give_the_same_tables(tmp_path, pastes_run):
+    """--workers 2 (local processes) and --scheduler (a Dask LocalCluster) run the same fit units: the same
+    estimates as the in-process run."""
+    from distributed import LocalCluster
+
+    comp, _, _ = pastes_run
+    kw = dict(backends=BACKENDS, cv="top", cv_folds=3, seed=1, progress=lambda m: None)
+    local = compare_data(hc.datasets.path("pastes"), FORMULAS, workers=2, out=tmp_path / "local", **kw)
+    cols = ["formula", "backend", "effect", "group", "level", "term", "estimate"]
+    pd.testing.assert_frame_equal(local.table("estimates")[cols], comp.table("estimates")[cols], rtol=1e-8)
+    from hiercompare.runenv import clean_child_environment
+
+    with clean_child_environment():  # R started in this process (conftest) must not leak into the workers
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster:
+        dask = compare_data(hc.datasets.path("pastes"), FORMULAS, scheduler=cluster.scheduler_address,
+                            out=tmp_path / "dask", **kw)
+    pd.testing.assert_frame_equal(dask.table("estimates")[cols], comp.table("estimates")[cols], rtol=1e-8)

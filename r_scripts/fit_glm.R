@@ -13,6 +13,9 @@ hc_fit_glm <- function(X, y, n, offset, family) {
   if (anyNA(stats::coef(fit))) {
     return(hc_json(list(error = "glm: the design is rank deficient (aliased coefficients are NA)")))
   }
+  if (family != "negbinomial") {  # again from the optimum: vcov uses the weights of the iteration before the last
+    fit <- stats::glm(fit$formula, family = fit$family, offset = offset, control = ctrl, start = stats::coef(fit))
+  }
   theta <- NULL
   loglik <- as.numeric(stats::logLik(fit))
   vcov <- stats::vcov(fit)

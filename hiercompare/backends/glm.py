@@ -54,7 +54,13 @@ class GLMBackend(Backend):
             else:
                 model = sm.GLM(y, D, family=sm.families.Poisson(), offset=off)
             res = model.fit(tol=TOL, maxiter=200)
+            # again from the optimum: IRLS's covariance uses the weights of the iteration before the last one
+            res = model.fit(start_params=np.asarray(res.params), tol=TOL, maxiter=200)
             coef, vcov = np.asarray(res.params), np.asarray(res.cov_params())
+            mu = np.asarray(res.fittedvalues)
+            if fam == "binomial" and ((mu < 1e-10) | (mu > 1 - 1e-10)).any():
+                notes.append("fitted probabilities numerically 0 or 1 occurred (as R's glm warns): some group or "
+                             "predictor separates the outcomes, and its coefficient runs off to infinity")
             converged = bool(res.converged)
             llf = float(res.llf)
         if not np.all(np.isfinite(coef)):
@@ -95,8 +101,14 @@ def _negbin(sm, y, D, off):
 
     res = sm.GLM(y, D, family=sm.families.Poisson(), offset=off).fit(tol=TOL, maxiter=200)
     mu = np.asarray(res.fittedvalues)
-    theta = len(y) / max(np.sum((y / mu - 1.0) ** 2), 1e-12)  # theta.ml's starting value
     notes, converged = [], False
+    if np.sum((y - mu) ** 2 - y) <= 0:  # the score of alpha = 1/theta at 0 (the Poisson fit) is not positive
+        notes.append("negbinomial: the counts show no overdispersion beyond the Poisson fit's (the likelihood grows "
+                     f"with theta up to infinity); theta is reported at {THETA_MAX:.0e}: fit family='poisson'")
+        res = sm.GLM(y, D, family=sm.families.NegativeBinomial(alpha=1.0 / THETA_MAX), offset=off).fit(
+            start_params=np.asarray(res.params), tol=TOL, maxiter=200)
+        return res, THETA_MAX, False, notes
+    theta = len(y) / max(np.sum((y / mu - 1.0) ** 2), 1e-12)  # theta.ml's starting value
     for _ in range(200):
         new = _theta_ml(special, y, mu, theta)
         if not np.isfinite(new) or new > THETA_MAX:

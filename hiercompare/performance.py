@@ -17,11 +17,14 @@ modse               :math:`\\sqrt{\\frac1m\\sum s_i^2}` (model SEs)       :math:
 rel_error_modse     modse / empse - 1 (fraction, not %)                :math:`\\frac{\\mathrm{modse}}{\\mathrm{empse}}\\sqrt{\\frac{\\widehat{\\mathrm{Var}}(s^2)}{4m\\,\\mathrm{modse}^4}+\\frac{1}{2(n-1)}}`
 coverage            share of 95% intervals containing :math:`\\theta`   :math:`\\sqrt{p(1-p)/c}`
 be_coverage         share of intervals containing :math:`\\bar\\theta`  :math:`\\sqrt{p(1-p)/c}`
+power               share of p-values :math:`\\le 0.05`                 :math:`\\sqrt{p(1-p)/k}`
 convergence         share of assessed fits that converged              :math:`\\sqrt{p(1-p)/N}`
 ==================  =================================================  ==============================================
 
 ``m`` counts the replications with a model SE, :math:`\\widehat{\\mathrm{Var}}(s^2) = \\sum(s_i^2 -
-\\overline{s^2})^2/(m-1)`; ``c`` counts those with both interval ends; ``N`` counts every attempted fit of
+\\overline{s^2})^2/(m-1)`; ``c`` counts those with both interval ends (``n_ci``); ``k`` those with a p-value
+(``n_p``: the fixed effects of backends that report one, column ``p_value``; where the truth is 0, ``power`` is the
+type I error rate); ``N`` counts every attempted fit of
 that backend in that scenario whose convergence was assessed (failed fits included, fits whose ``converged``
 is missing, "not assessed" by the backend, left out). Where fits ran and none of them was assessed (ols, r_lm
 and the naive baselines do not assess convergence) ``convergence`` is NaN: not assessed, never assumed. A failed fit
@@ -47,6 +50,12 @@ with replication sums :math:`S_r` over :math:`k_r` effects,
 which reduces to :math:`\\sqrt{\\sum_r(\\bar x_r-\\hat p)^2/(R(R-1))}` when every :math:`k_r` is equal. empse,
 rel_bias, rel_error_modse and be_coverage are not defined for pooled group effects (missing).
 
+Coverage is computed for every parameter whose rows carry both interval ends: the fixed effects (Wald z, or t with
+the df in column ``df``), and the variance parameters (``ran_pars``) where the backend gives them intervals
+(profile likelihood or bootstrap for native and lme4, posterior intervals for pymc and brms). ``median_df`` is the
+median over the replications of the ``df`` column (fixed effects: ``inf`` for z intervals; missing where the
+backend states no df).
+
 Measures that need more replications than there are (an SD from one value, a coverage without any
 interval) are missing (NaN), never 0.
 """
@@ -63,8 +72,10 @@ REQUIRED = ["scenario", "replication", "backend", "effect", "group", "level", "t
 #: One row of the output per these keys (``ran_vals`` rows pool every ``level``).
 CELL = ["scenario", "backend", "effect", "group", "term"]
 MEASURES = ["bias", "rel_bias", "empse", "mse", "rmse", "modse", "rel_error_modse", "coverage", "be_coverage",
-            "convergence"]
-COLUMNS = CELL + ["truth", "n_rep", "n_used", "n_se", "n_ci", "mean_estimate"] + [
+            "power", "convergence"]
+#: The significance level of ``power`` (p-values at or below it count as rejections).
+ALPHA = 0.05
+COLUMNS = CELL + ["truth", "n_rep", "n_used", "n_se", "n_ci", "n_p", "mean_estimate", "median_df"] + [
     c for m in MEASURES for c in (m, f"{m}_mcse")]
 
 
@@ -100,7 +111,7 @@ def convergence_rate(ok, not_assessed, failed=None) -> tuple[float, float]:
 
 
 def replication_measures(
-    estimate, target, std_error=None, conf_low=None, conf_high=None
+    estimate, target, std_error=None, conf_low=None, conf_high=None, p_value=None, df=None
 ) -> dict[str, float]:
     """Morris et al. (2019) Table 6 measures for one parameter over independent replications.
 
@@ -114,13 +125,18 @@ def replication_measures(
         Model SEs; NaN where a replication has none (those are left out of modse).
     conf_low, conf_high : array-like, optional
         95% interval ends; replications missing either end are left out of both coverages.
+    p_value : array-like, optional
+        p-values of the test of ``parameter = 0``; NaN where there is none (left out of ``power``).
+    df : array-like, optional
+        The interval's degrees of freedom (``inf`` for z); their median is ``median_df`` (NaN entries left out).
 
     Returns
     -------
     dict
         ``bias``, ``rel_bias``, ``empse``, ``mse``, ``rmse``, ``modse``, ``rel_error_modse``, ``coverage``,
-        ``be_coverage`` and for each ``<measure>_mcse``, plus counts ``n_used``, ``n_se``, ``n_ci`` and
-        ``mean_estimate``. ``convergence`` is left missing (it needs the failed fits too).
+        ``be_coverage``, ``power`` and for each ``<measure>_mcse``, plus counts ``n_used``, ``n_se``, ``n_ci``,
+        ``n_p``, ``mean_estimate`` and ``median_df``. ``convergence`` is left missing (it needs the failed fits
+        too).
 
     Examples
     --------
@@ -134,7 +150,8 @@ def replication_measures(
         raise DataError("replication_measures: estimates contain NaN; drop failed fits before calling it")
     tgt = np.broadcast_to(np.asarray(target, dtype=float), est.shape)
     out: dict[str, float] = _nan_dict()
-    out.update(n_used=n, n_se=0, n_ci=0, mean_estimate=float(est.mean()) if n else np.nan)
+    out.update(n_used=n, n_se=0, n_ci=0, n_p=0, mean_estimate=float(est.mean()) if n else np.nan,
+               median_df=_median(df))
     if n == 0:
         return out
     err = est - tgt
@@ -181,7 +198,21 @@ def replication_measures(
         out["coverage"], out["coverage_mcse"] = _binomial((lo <= t) & (t <= hi))
         shifted = t + bias  # = mean estimate when the target is constant
         out["be_coverage"], out["be_coverage_mcse"] = _binomial((lo <= shifted) & (shifted <= hi))
+    if p_value is not None:
+        p = np.asarray(p_value, dtype=float)
+        p = p[np.isfinite(p)]
+        out["n_p"] = len(p)
+        out["power"], out["power_mcse"] = _binomial(p <= ALPHA)
     return out
+
+
+def _median(values) -> float:
+    """Median of the non-NaN values (``inf`` counts: z intervals); NaN when there are none."""
+    if values is None:
+        return np.nan
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    return float(np.median(v)) if len(v) else np.nan
 
 
 def cluster_mean(values, cluster) -> tuple[float, float]:
@@ -238,7 +269,8 @@ def group_effect_measures(estimate, target, replication, std_error=None, conf_lo
     rep = np.asarray(replication)
     tgt = np.broadcast_to(np.asarray(target, dtype=float), est.shape)
     out: dict[str, float] = _nan_dict()
-    out.update(n_used=len(est), n_se=0, n_ci=0, mean_estimate=float(est.mean()) if len(est) else np.nan)
+    out.update(n_used=len(est), n_se=0, n_ci=0, n_p=0, mean_estimate=float(est.mean()) if len(est) else np.nan,
+               median_df=np.nan)
     if len(est) == 0:
         return out
     err = est - tgt
@@ -292,8 +324,9 @@ def performance(results: pd.DataFrame, target: str = "truth", converged_only: bo
     DataFrame
         One row per (scenario, backend, effect, group, term) with columns :data:`COLUMNS`: the target
         (``truth``: the constant target, or its mean where it varies), counts (``n_rep`` attempted fits,
-        ``n_used`` estimates, ``n_se`` model SEs, ``n_ci`` intervals), ``mean_estimate``, and each measure
-        with ``<measure>_mcse``. Rows with no truth (parameters the scenario does not generate) are left out.
+        ``n_used`` estimates, ``n_se`` model SEs, ``n_ci`` intervals, ``n_p`` p-values), ``mean_estimate``,
+        ``median_df`` (the fixed effects' df: ``inf`` for z) and each measure with ``<measure>_mcse``. The
+        columns ``df`` and ``p_value`` are optional in ``results`` (a table written before them has neither). Rows with no truth (parameters the scenario does not generate) are left out.
         A backend none of whose fits gave an estimate in a scenario still gets one row (empty effect, group
         and term, ``n_used`` 0) carrying its convergence rate.
 
@@ -338,7 +371,9 @@ def performance(results: pd.DataFrame, target: str = "truth", converged_only: bo
             m = group_effect_measures(sub["estimate"], tgt, sub["replication"], sub["std_error"],
                                       sub["conf_low"], sub["conf_high"])
         else:
-            m = replication_measures(sub["estimate"], tgt, sub["std_error"], sub["conf_low"], sub["conf_high"])
+            m = replication_measures(sub["estimate"], tgt, sub["std_error"], sub["conf_low"], sub["conf_high"],
+                                     p_value=sub["p_value"] if "p_value" in sub else None,
+                                     df=sub["df"] if "df" in sub else None)
         n_rep, p, se = conv_rate[(sc, be)]
         m["convergence"], m["convergence_mcse"] = p, se
         rows.append(dict(zip(CELL, key), truth=float(tgt[0]) if np.all(tgt == tgt[0]) else float(tgt.mean()),
@@ -349,9 +384,9 @@ def performance(results: pd.DataFrame, target: str = "truth", converged_only: bo
             m = _nan_dict()
             m.update(convergence=p, convergence_mcse=se)
             rows.append(dict(scenario=sc, backend=be, effect="", group="", term="", truth=np.nan, n_rep=n_rep,
-                             n_used=0, n_se=0, n_ci=0, mean_estimate=np.nan, **m))
+                             n_used=0, n_se=0, n_ci=0, n_p=0, mean_estimate=np.nan, median_df=np.nan, **m))
     out = pd.DataFrame(rows, columns=COLUMNS).sort_values(CELL, kind="mergesort")
-    for c in ("n_rep", "n_used", "n_se", "n_ci"):
+    for c in ("n_rep", "n_used", "n_se", "n_ci", "n_p"):
         out[c] = out[c].astype("int64")
     return out.reset_index(drop=True)
 
@@ -422,4 +457,4 @@ def performance_long(perf: pd.DataFrame) -> pd.DataFrame:
 
 
 __all__ = ["performance", "performance_long", "fit_summary", "replication_measures", "group_effect_measures", "cluster_mean",
-           "convergence_rate", "MEASURES", "COLUMNS", "REQUIRED"]
+           "convergence_rate", "MEASURES", "COLUMNS", "REQUIRED", "ALPHA"]

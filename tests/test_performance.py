@@ -204,3 +204,41 @@ def test_bad_input_is_named():
         performance(doubled)
     with pytest.raises(ValueError, match="target must be"):
         performance(_results(), target="estimate")
+
+
+def test_ran_pars_coverage_power_and_df():
+    rows = []
+    # ran_pars: SD 0.5 in [.3,.7] yes, [.55,.9] no, [.2,.45] no, [.4,.6] yes; replication 4 has no interval
+    # -> n_ci 4, coverage 2/4 = .5, MCSE sqrt(.25/4) = .25; the estimate of replication 4 still counts in the bias
+    for r, (est, lo, hi) in enumerate([(0.5, 0.3, 0.7), (0.7, 0.55, 0.9), (0.3, 0.2, 0.45), (0.5, 0.4, 0.6),
+                                       (0.5, np.nan, np.nan)]):
+        rows.append(_row("s", r, "a", "ran_pars", "sd__(Intercept)", est, 0.5, group="g", low=lo, high=hi))
+    # fixed: p-values .01 .2 .04 .05 and one missing -> n_p 4, 3 at or below .05: power .75,
+    # MCSE sqrt(.75 * .25 / 4) = .2165064; df 9, 9.5, 12, inf and one missing -> median (9.5 + 12) / 2 = 10.75
+    for r, (p, df) in enumerate([(0.01, 9.0), (0.2, 9.5), (0.04, 12.0), (0.05, np.inf), (np.nan, np.nan)]):
+        rows.append({**_row("s", r, "a", "fixed", "x", 1.0, 1.0, low=0.5, high=1.5), "p_value": p, "df": df})
+    # backend z: every df inf -> median inf; truth 0 and p-values .5 .01 -> power (type I error) .5
+    for r, p in enumerate([0.5, 0.01]):
+        rows.append({**_row("s", r, "z", "fixed", "x", 0.1, 0.0, low=-1.0, high=1.0), "p_value": p, "df": np.inf})
+    perf = performance(pd.DataFrame(rows)).set_index(["backend", "effect", "term"])
+    sd = perf.loc[("a", "ran_pars", "sd__(Intercept)")]
+    assert (sd["n_used"], sd["n_ci"]) == (5, 4)
+    assert sd["coverage"] == pytest.approx(0.5) and sd["coverage_mcse"] == pytest.approx(0.25)
+    assert sd["bias"] == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(sd["power"]) and sd["n_p"] == 0 and np.isnan(sd["median_df"])  # no df, no p-values
+    fx = perf.loc[("a", "fixed", "x")]
+    assert fx["n_p"] == 4 and fx["power"] == pytest.approx(0.75)
+    assert fx["power_mcse"] == pytest.approx(0.2165064, abs=1e-7)
+    assert fx["median_df"] == pytest.approx(10.75)
+    z = perf.loc[("z", "fixed", "x")]
+    assert np.isinf(z["median_df"]) and z["power"] == pytest.approx(0.5)
+    # a table without df / p_value columns (written before they existed): no power, no df, coverage as before
+    old = performance(_results())
+    assert old["power"].isna().all() and old["median_df"].isna().all() and (old["n_p"] == 0).all()
+    # the report shows them: df "inf" for z, power with its MCSE, ran_pars coverage
+    from hiercompare.report.study import recovery_table
+
+    rec = recovery_table(perf.reset_index()).set_index(["backend", "effect"])
+    assert rec.loc[("z", "fixed"), "df"] == "inf" and rec.loc[("a", "fixed"), "df"] == "10.75"
+    assert rec.loc[("a", "fixed"), "power"] == "0.7500 (0.2165)"
+    assert rec.loc[("a", "ran_pars"), "coverage"] == "0.5000 (0.2500)"

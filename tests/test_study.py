@@ -124,6 +124,78 @@ def test_bad_configs_are_named(tmp_path, text, message):
         Study.from_toml(p)
 
 
+VARIANTS = """
+[study]
+replications = 2
+seed = 3
+backends = ["native:z", "native:kr", "native:boot"]
+
+[[scenario]]
+name = "a"
+n_obs = 20
+[[scenario.levels]]
+name = "market"
+size = 5
+sd = {"(Intercept)" = 0.8}
+[[scenario.levels]]
+name = "submarket"
+size = 3
+sd = {"(Intercept)" = 0.4}
+
+[options."native:z"]
+df = "z"
+ran_pars_ci = "none"
+[options."native:kr"]
+df = "kenward-roger"
+ran_pars_ci = "none"
+[options."native:boot"]
+ran_pars_ci = "bootstrap"
+ran_pars_nsim = 10
+"""
+
+
+def test_backend_variants_fit_one_backend_under_several_options(tmp_path):
+    p = tmp_path / "variants.toml"
+    p.write_text(VARIANTS)
+    st = Study.from_toml(p)
+    assert st.backends == ("native:z", "native:kr", "native:boot")
+    res = st.run(tmp_path / "out", workers=1, progress=False)
+    assert (res["error"] == "").all() and set(res["backend"]) == set(st.backends)
+    # the three entries fitted the same data set with the native backend: the same estimates,
+    # each with its own options (df inf for z, finite for Kenward-Roger; bootstrap intervals for the SDs)
+    key = ["replication", "effect", "group", "level", "term"]
+    by = {b: res[res["backend"] == b].set_index(key).sort_index() for b in st.backends}
+    np.testing.assert_allclose(by["native:z"]["estimate"], by["native:kr"]["estimate"], rtol=1e-10)
+    np.testing.assert_allclose(by["native:z"]["estimate"], by["native:boot"]["estimate"], rtol=1e-10)
+    fz, fk = (by[b].xs("fixed", level="effect") for b in ("native:z", "native:kr"))
+    assert np.isinf(fz["df"]).all() and np.isfinite(fk["df"]).all()
+    rp = {b: by[b].xs("ran_pars", level="effect") for b in st.backends}
+    assert rp["native:z"]["conf_low"].isna().all() and rp["native:boot"]["conf_low"].notna().all()
+    # the bootstrap is seeded by the unit: the same unit run again gives the same intervals
+    again = hc.study.run_unit(st.task(0, 1))
+    again = again[again["backend"] == "native:boot"].set_index(key).sort_index()
+    np.testing.assert_array_equal(again["conf_low"], by["native:boot"].xs(1, level="replication", drop_level=False)
+                                  .reindex(again.index)["conf_low"])
+    # the manifest keeps the entries and their options; performance() reports per entry
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert man["study"]["backends"] == list(st.backends)
+    assert man["study"]["options"]["native:kr"] == {"df": "kenward-roger", "ran_pars_ci": "none"}
+    assert set(man["backend_report"]) == set(st.backends) and man["backend_report"]["native:kr"]["available"]
+    assert set(performance(res)["backend"]) == set(st.backends)
+
+
+@pytest.mark.parametrize("backends, message", [
+    (["nosuch:x"], r"unknown backend\(s\) \['nosuch:x'\].*variant of one as '<backend>:<label>'"),
+    (["native:"], r"unknown backend\(s\) \['native:'\]"),
+    (["native:a", "native:a"], "listed twice"),
+])
+def test_bad_backend_variants_are_named(backends, message):
+    with pytest.raises(StudyError, match=message):
+        Study([small("a")], replications=1, backends=backends, seed=1)
+    with pytest.raises(StudyError, match="options given for 'native:b'"):
+        Study([small("a")], replications=1, backends=["native:a"], options={"native:b": {"df": "z"}}, seed=1)
+
+
 def test_unit_seeds_are_keyed_by_scenario_and_replication(study):
     # the documented derivation: SeedSequence(seed).spawn(...)[scenario].spawn(...)[replication]
     ss = np.random.SeedSequence(11).spawn(2)[1].spawn(4)[3]

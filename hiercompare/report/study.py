@@ -173,15 +173,25 @@ def agreement_table(pairs: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:
                                        "max_abs_diff", "max_rel_diff"])
 
 
+def _df_text(x: Any) -> str:
+    """A median df as text: ``inf`` (z intervals) shown as such, missing as empty."""
+    if x is None or pd.isna(x):
+        return ""
+    return "inf" if np.isinf(x) else _fx(float(x), 2)
+
+
 def recovery_table(perf: pd.DataFrame) -> pd.DataFrame:
-    """The performance table as display text: each measure as ``estimate (MCSE)``."""
+    """The performance table as display text: each measure as ``estimate (MCSE)``; ``df`` is the fixed effects'
+    median df (``inf``: z intervals), ``power`` the share of p-values at or below 0.05 (the type I error rate where
+    the truth is 0). Coverage is shown wherever the rows had intervals, the variance parameters' included."""
     rows = []
     for _, r in perf.iterrows():
         rows.append(dict(scenario=r["scenario"], backend=r["backend"], effect=r["effect"], group=r["group"],
                          term=r["term"], truth=_fx(r["truth"]), n_used=_fx(r["n_used"]),
                          bias=_pm(r["bias"], r["bias_mcse"]), empse=_pm(r["empse"], r["empse_mcse"]),
                          rmse=_pm(r["rmse"], r["rmse_mcse"]), modse=_pm(r["modse"], r["modse_mcse"]),
-                         coverage=_pm(r["coverage"], r["coverage_mcse"]),
+                         coverage=_pm(r["coverage"], r["coverage_mcse"]), df=_df_text(r.get("median_df")),
+                         power=_pm(r.get("power"), r.get("power_mcse")),
                          convergence=_convergence(r["convergence"], r["convergence_mcse"])))
     return pd.DataFrame(rows)
 

@@ -13,10 +13,12 @@ parameter class                   default prior
 ``sd`` (every group-level SD)     half-Student-t(3, 0, s_y)
 ``sigma`` (residual SD)           half-Student-t(3, 0, s_y)
 ``cor`` (each correlated block)   LKJ(eta = 2) on the correlation matrix
+``shape`` (negbinomial's theta)   Gamma(0.01, 0.01) (shape, rate), brms's default for negbinomial
 ================================  ==========================================================
 
 Every class can be overridden: ``Priors.default(md).replace(sd=("student_t", 3, 0, 1.0))``. Distribution
-tuples are ``("normal", mu, sigma)``, ``("student_t", nu, mu, sigma)`` (half- for SDs) and ``("lkj", eta)``.
+tuples are ``("normal", mu, sigma)``, ``("student_t", nu, mu, sigma)`` (half- for SDs), ``("lkj", eta)`` and
+``("gamma", shape, rate)``. With an ``offset()``, m_y is the mean of ``y - offset`` (gaussian).
 Both backends take their priors through :func:`resolve_priors`, which checks them against the design the same
 way for either.
 """
@@ -30,13 +32,13 @@ from .design import ModelData
 from .errors import SpecError
 from .spec import INTERCEPT
 
-KINDS = {"normal": 3, "student_t": 4, "lkj": 2}
+KINDS = {"normal": 3, "student_t": 4, "lkj": 2, "gamma": 3}
 
 
 def _check(dist, what):
     if not isinstance(dist, tuple) or not dist or dist[0] not in KINDS or len(dist) != KINDS[dist[0]]:
         raise SpecError(f"prior for {what} must be one of ('normal', mu, sigma), ('student_t', nu, mu, sigma), "
-                        f"('lkj', eta); got {dist!r}")
+                        f"('lkj', eta), ('gamma', shape, rate); got {dist!r}")
     if any(not np.isfinite(float(v)) for v in dist[1:]):
         raise SpecError(f"prior for {what} has a non-finite parameter: {dist!r}")
     return tuple([dist[0]] + [float(v) for v in dist[1:]])
@@ -51,10 +53,11 @@ class Priors:
     sd: tuple = ("student_t", 3.0, 0.0, 1.0)
     sigma: tuple = ("student_t", 3.0, 0.0, 1.0)
     cor: tuple = ("lkj", 2.0)
+    shape: tuple = ("gamma", 0.01, 0.01)  # the negative binomial's theta (brms's shape, PyMC's alpha)
 
     @classmethod
     def default(cls, md: ModelData) -> "Priors":
-        y = md.y
+        y = md.y - md.offset
         gaussian = md.spec.family == "gaussian"
         s_y = float(np.std(y, ddof=1)) if gaussian else 1.0
         m_y = float(np.mean(y)) if gaussian else 0.0
@@ -69,9 +72,9 @@ class Priors:
 
     def replace(self, **changes) -> "Priors":
         """A copy with some classes overridden (validated)."""
-        unknown = set(changes) - {"intercept", "b", "sd", "sigma", "cor"}
+        unknown = set(changes) - {"intercept", "b", "sd", "sigma", "cor", "shape"}
         if unknown:
-            raise SpecError(f"unknown prior classes {sorted(unknown)}; use intercept, b, sd, sigma, cor")
+            raise SpecError(f"unknown prior classes {sorted(unknown)}; use intercept, b, sd, sigma, cor, shape")
         if "b" in changes and isinstance(changes["b"], tuple):  # one prior for every slope
             changes["b"] = {k: changes["b"] for k in self.b}
         out = replace(self, **changes)
@@ -88,10 +91,12 @@ class Priors:
                 raise SpecError(f"the {name} prior must be a half-Student-t ('student_t', nu, 0, scale)")
         if _check(self.cor, "cor")[0] != "lkj":
             raise SpecError("the cor prior must be ('lkj', eta)")
+        if _check(self.shape, "shape")[0] != "gamma":
+            raise SpecError("the shape prior (the negative binomial's theta) must be ('gamma', shape, rate)")
 
     def to_dict(self) -> dict:
         return {"intercept": list(self.intercept), "b": {k: list(v) for k, v in self.b.items()},
-                "sd": list(self.sd), "sigma": list(self.sigma), "cor": list(self.cor)}
+                "sd": list(self.sd), "sigma": list(self.sigma), "cor": list(self.cor), "shape": list(self.shape)}
 
 
 def resolve_priors(md: ModelData, priors) -> Priors:
@@ -125,7 +130,8 @@ def resolve_priors(md: ModelData, priors) -> Priors:
                         + (f"missing: {missing}" if missing else "")
                         + "; give one prior per coefficient, or one tuple for all of them, e.g. "
                           "b=('normal', 0, 1)")
-    for what, dist in [("intercept", pri.intercept), ("sd", pri.sd), ("sigma", pri.sigma), ("cor", pri.cor)] + [
+    for what, dist in [("intercept", pri.intercept), ("sd", pri.sd), ("sigma", pri.sigma), ("cor", pri.cor),
+                       ("shape", pri.shape)] + [
             (f"b[{k}]", v) for k, v in pri.b.items()]:
         _check_positive(what, dist)
     return pri
@@ -133,6 +139,6 @@ def resolve_priors(md: ModelData, priors) -> Priors:
 
 def _check_positive(what: str, dist: tuple) -> None:
     kind, pars = dist[0], [float(v) for v in dist[1:]]
-    positive = {"normal": pars[1:2], "student_t": pars[0:1] + pars[2:3], "lkj": pars[0:1]}[kind]
+    positive = {"normal": pars[1:2], "student_t": pars[0:1] + pars[2:3], "lkj": pars[0:1], "gamma": pars}[kind]
     if any(v <= 0 for v in positive):
         raise SpecError(f"the {what} prior {dist!r} needs positive scale, degrees of freedom and eta")

@@ -8,8 +8,11 @@ Gaussian likelihood on sufficient statistics: for leaf group s with effective co
 ``g_s = [b_1[anc_1(s)], ..., b_L[s], beta, -1]`` and the per-leaf cross-product ``C_s`` of ``[z_1..z_L, X, y]``
 (the same one pass over the rows that :mod:`hiercompare.mixedcore` makes), the residual sum of squares is
 ``g_s' C_s g_s`` exactly, so the log-likelihood is ``-n_s log(sigma) - n_s log(2 pi)/2 - g_s' C_s g_s /
-(2 sigma^2)``: after that pass the cost of a gradient no longer grows with the number of rows. Binomial
-(logit) and Poisson (log) families use the row-wise likelihood.
+(2 sigma^2)``: after that pass the cost of a gradient no longer grows with the number of rows (an ``offset()`` is
+subtracted from y before the sums). Binomial (logit; Bernoulli for a 0/1 response, Binomial with the rows' trials
+for ``cbind()``), Poisson (log) and negative binomial (NB2, log; ``pm.NegativeBinomial(mu, alpha=theta)`` with a
+Gamma(0.01, 0.01) prior on theta, brms's default, reported as the ran_pars row ``Dispersion`` / ``theta``) use the
+row-wise likelihood, with the offset added to the linear predictor.
 
 Geometry (``collapse``). For gaussian models the group effects can be integrated out analytically, which
 removes the funnel between group effects and their SDs that makes hierarchical posteriors hard for NUTS:
@@ -57,7 +60,7 @@ from .._version import __version__
 from ..design import ModelData
 from ..errors import SpecError
 from ..priors import Priors, resolve_priors
-from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame
+from ..results import DISPERSION, RESIDUAL, THETA, Fit, cor_term, sd_term, tidy_frame
 from . import sampling
 from .base import Backend
 
@@ -68,7 +71,8 @@ def _safe(name: str) -> str:
 
 class PyMCBackend(Backend):
     name = "pymc"
-    families = ("gaussian", "binomial", "poisson")
+    families = ("gaussian", "binomial", "poisson", "negbinomial")
+    features = frozenset({"offset", "trials"})
     description = "PyMC (non-centred, LKJ), gaussian likelihood on sufficient statistics, nutpie when installed"
     requires = ("pymc", "arviz")
     install_hint = "pip install 'hiercompare[bayes]' (or run `make install`)"
@@ -166,6 +170,11 @@ class PyMCBackend(Backend):
         return out
 
 
+def _core(md: ModelData) -> "mixedcore.MixedCore":
+    """The per-leaf sums of a gaussian model, of ``y - offset`` when the formula has an offset."""
+    return mixedcore.from_model_data(md, offset=md.offset) if md.has_offset else mixedcore.from_model_data(md)
+
+
 def _collapse_mode(md: ModelData, likelihood: str, collapse) -> str:
     if collapse in (False, None):
         collapse = "none"
@@ -201,7 +210,7 @@ def build_model(md: ModelData, pri: Priors, likelihood: str, collapse: str = "no
         coords[f"{_safe(lv.group)}__labels"] = list(lv.labels)
         coords[f"{_safe(lv.group)}__terms"] = list(lv.spec.terms)
     names = {"fixed": [], "sd": [], "cor": [], "r": []}
-    core = mixedcore.from_model_data(md) if likelihood == "suffstats" else None  # the per-leaf sums, once
+    core = _core(md) if likelihood == "suffstats" else None  # the per-leaf sums, once
     swappable = _swappable(md, pri, likelihood, collapse)
     values = _model_data(md, pri, core) if swappable else None
     with pm.Model(coords=coords) as model:
@@ -252,6 +261,9 @@ def build_model(md: ModelData, pri: Priors, likelihood: str, collapse: str = "no
         if md.spec.family == "gaussian":
             sigma = pm.HalfStudentT("sigma", nu=pri.sigma[1], sigma=pri.sigma[3])
             names["sigma"] = "sigma"
+        if md.spec.family == "negbinomial":
+            theta = pm.Gamma("theta", alpha=pri.shape[1], beta=pri.shape[2])
+            names["theta"] = "theta"
         if collapse == "all":
             if swappable:
                 leaf_sums, n_obs = shared["leaf_sums"], shared["n_obs"]
@@ -289,12 +301,18 @@ def build_model(md: ModelData, pri: Priors, likelihood: str, collapse: str = "no
             pm.Potential("loglik_suffstats", ll.sum())
         else:
             eta = pt.dot(md.X, beta)
+            if md.has_offset:
+                eta = eta + md.offset
             for li, lv in enumerate(levels):
                 eta = eta + (md.Z[lv.group] * effects[li][lv.codes]).sum(axis=1)
             if md.spec.family == "gaussian":
                 pm.Normal("y", mu=eta, sigma=sigma, observed=md.y)
+            elif md.spec.family == "binomial" and md.spec.has_trials:
+                pm.Binomial("y", n=md.trials, logit_p=eta, observed=md.y)
             elif md.spec.family == "binomial":
                 pm.Bernoulli("y", logit_p=eta, observed=md.y)
+            elif md.spec.family == "negbinomial":
+                pm.NegativeBinomial("y", mu=pt.exp(eta), alpha=theta, observed=md.y)
             else:
                 pm.Poisson("y", mu=pt.exp(eta), observed=md.y)
     return model, names
@@ -310,7 +328,7 @@ def _swappable(md: ModelData, pri: Priors, likelihood: str, collapse: str) -> bo
 def _model_data(md: ModelData, pri: Priors, core=None) -> dict[str, np.ndarray]:
     """Every number of the swappable model that depends on the data: the per-leaf sums, the number of rows and
     the data-scaled prior parameters. Everything else in the model is its structure (see _structure_key)."""
-    core = mixedcore.from_model_data(md) if core is None else core
+    core = _core(md) if core is None else core
     dists = [pri.intercept if col == "(Intercept)" else pri.b[col] for col in md.fixed_names]
     return {"leaf_sums": core.C, "n_obs": np.asarray(float(core.n)),
             "prior_beta_mu": np.array([d[1] for d in dists], float),
@@ -449,7 +467,7 @@ def _draw_all_effects(md: ModelData, idata, names, seed: int) -> None:
     post = idata.posterior
     nc, nd = post.sizes["chain"], post.sizes["draw"]
     levels = md.hierarchy.levels
-    core = mixedcore.from_model_data(md)
+    core = _core(md)
     beta = post["beta"].values.reshape(nc * nd, -1)
     sigma = post["sigma"].values.reshape(-1)
     Ls = [post[f"L_{_safe(lv.group)}"].values.reshape(nc * nd, len(lv.spec.terms), -1) for lv in levels]
@@ -525,6 +543,8 @@ def _tidy(md: ModelData, idata, names) -> pd.DataFrame:
     if "sigma" in names:
         s = _summ(post["sigma"].values)
         rows.append(dict(effect="ran_pars", group=RESIDUAL, term=sd_term("Observation"), **s))
+    if "theta" in names:
+        rows.append(dict(effect="ran_pars", group=DISPERSION, term=THETA, **_summ(post["theta"].values)))
     for group, var in names["r"]:
         lv = md.hierarchy.level(group)
         s = _summ(post[var].values)
@@ -557,6 +577,8 @@ def _mcse_rows(md: ModelData, idata, names) -> list[dict]:
                 add("ran_pars", group, "", cor_term(block[i], block[j]), m[i, j])
     if "sigma" in names:
         add("ran_pars", RESIDUAL, "", sd_term("Observation"), az.mcse(idata, var_names=["sigma"], method="mean")["sigma"].values)
+    if "theta" in names:
+        add("ran_pars", DISPERSION, "", THETA, az.mcse(idata, var_names=["theta"], method="mean")["theta"].values)
     for group, var in names["r"]:
         lv = md.hierarchy.level(group)
         m = az.mcse(idata, var_names=[var], method="mean")[var].values
@@ -570,8 +592,9 @@ def _diagnostics(idata, names) -> dict:
     import arviz as az
 
     var_names = ["beta"] + [v for _, _, v in names["sd"]] + [v for _, v in names["r"]]
-    if "sigma" in names:
-        var_names.append("sigma")
+    for extra in ("sigma", "theta"):
+        if extra in names:
+            var_names.append(extra)
     rhat = az.rhat(idata, var_names=var_names)
     ess_b = az.ess(idata, var_names=var_names, method="bulk")
     ess_t = az.ess(idata, var_names=var_names, method="tail")
@@ -590,7 +613,7 @@ def _linear_draws(fit: Fit, names, thin: int):
     md = fit.model
     post = fit.raw.posterior
     beta = post["beta"].values.reshape(-1, md.X.shape[1])[::thin]
-    eta = beta @ md.X.T
+    eta = beta @ md.X.T + md.offset
     for group, var in names["r"]:
         lv = md.hierarchy.level(group)
         r = post[var].values.reshape(-1, lv.n_groups, len(lv.spec.terms))[::thin]
@@ -607,8 +630,17 @@ def posterior_predictive(fit: Fit, names, thin: int = 1, seed: int = 0) -> np.nd
         sigma = fit.raw.posterior["sigma"].values.reshape(-1)[::thin]
         return eta + rng.normal(size=eta.shape) * sigma[:, None]
     if fam == "binomial":
-        return rng.binomial(1, 1 / (1 + np.exp(-eta))).astype(float)
+        return rng.binomial(md_trials(fit).astype(np.int64), 1 / (1 + np.exp(-eta))).astype(float)
+    if fam == "negbinomial":  # NB2 as a gamma-Poisson mixture: theta / (theta + mu) is numpy's p
+        theta = fit.raw.posterior["theta"].values.reshape(-1)[::thin][:, None]
+        return rng.negative_binomial(theta, theta / (theta + np.exp(eta))).astype(float)
     return rng.poisson(np.exp(eta)).astype(float)
+
+
+def md_trials(fit: Fit) -> np.ndarray:
+    """The fitted rows' binomial trials (ones for a 0/1 response)."""
+    md = fit.model
+    return md.trials if md.trials is not None else np.ones(md.n)
 
 
 def loo(fit: Fit, names, thin: int = 1):
@@ -624,7 +656,14 @@ def loo(fit: Fit, names, thin: int = 1):
         sigma = fit.raw.posterior["sigma"].values.reshape(-1)[::thin]
         ll = stats.norm.logpdf(md.y[None, :], loc=eta, scale=sigma[:, None])
     elif fam == "binomial":
-        ll = md.y * -np.logaddexp(0, -eta) + (1 - md.y) * -np.logaddexp(0, eta)
+        n = md_trials(fit)
+        from scipy.special import gammaln
+
+        choose = gammaln(n + 1) - gammaln(md.y + 1) - gammaln(n - md.y + 1)  # 0 for a 0/1 response
+        ll = choose + md.y * -np.logaddexp(0, -eta) + (n - md.y) * -np.logaddexp(0, eta)
+    elif fam == "negbinomial":
+        theta = fit.raw.posterior["theta"].values.reshape(-1)[::thin][:, None]
+        ll = stats.nbinom.logpmf(md.y[None, :], theta, theta / (theta + np.exp(eta)))
     else:
         ll = stats.poisson.logpmf(md.y[None, :], np.exp(eta))
     chains = fit.raw.posterior.sizes["chain"]

@@ -151,7 +151,8 @@ def zip_plot(rows: pd.DataFrame, title: str = "") -> str:
     """Zip plot of confidence intervals (Morris, White & Crowther 2019, Fig. 4), one panel per backend x parameter.
 
     Within a panel the replications' 95% intervals are drawn horizontally, ranked by
-    ``|z| = |estimate - truth| / std_error`` (the interval width / 3.92 stands in where a backend gives no SE);
+    ``|z| = |estimate - truth| / std_error`` (where a backend gives no SE, the interval's half-width on the truth's
+    side / 1.96 stands in: profile, bootstrap and posterior intervals are often asymmetric);
     the vertical axis is the fractional centile of ``|z|``. Intervals that cover the truth are blue, those that
     miss it red; the panel title gives the coverage and its Monte Carlo SE, and a dotted line marks the 95th
     centile (above it, intervals should miss).
@@ -179,7 +180,10 @@ def zip_plot(rows: pd.DataFrame, title: str = "") -> str:
         sub = ok[(ok["backend"] == b) & (ok["effect"] == eff) & (ok["group"] == grp) & (ok["term"] == term)]
         est, lo, hi, t = (sub[c].to_numpy(dtype=float) for c in ("estimate", "conf_low", "conf_high", "truth"))
         se = sub["std_error"].to_numpy(dtype=float)
-        se = np.where(np.isfinite(se) & (se > 0), se, (hi - lo) / 3.92)
+        # no SE (profile, bootstrap, posterior intervals: often asymmetric): the half-width on the truth's side
+        # over 1.96, so that an interval misses exactly when |z| > 1.96
+        side = np.where(t < est, est - lo, hi - est) / 1.96
+        se = np.where(np.isfinite(se) & (se > 0), se, side)
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.abs(est - t) / se
         z = np.where(np.isfinite(z), z, np.inf)

@@ -65,6 +65,16 @@ def _table(results: dict, name: str, cols: list[str] | None = None) -> dict:
     return {"rows": out, "cols": cols, "text": [c for c in cols if c in NUMERIC_TEXT]}
 
 
+def _estimate_cell(rows: pd.DataFrame) -> str:
+    """``estimate [conf_low, conf_high]`` of the first row ("" when there is none; no interval when absent)."""
+    if rows.empty:
+        return ""
+    r = rows.iloc[0]
+    ci = (f" [{_fmt(r['conf_low'])}, {_fmt(r['conf_high'])}]"
+          if pd.notna(r.get("conf_low")) and pd.notna(r.get("conf_high")) else "")
+    return f"{_fmt(r['estimate'])}{ci}"
+
+
 def _estimate_tables(results: dict) -> list[dict]:
     """Per formula: fixed effects (term x backend: estimate [interval]) and variance components."""
     est = pd.DataFrame(results.get("tables", {}).get("estimates", []))
@@ -79,33 +89,13 @@ def _estimate_tables(results: dict) -> list[dict]:
             continue
         backends = list(dict.fromkeys(e["backend"]))
         fx = e[e["effect"] == "fixed"]
-        fixed_rows = []
-        for t in dict.fromkeys(fx["term"]):
-            row = {"term": t}
-            for b in backends:
-                s = fx[(fx["backend"] == b) & (fx["term"] == t)]
-                if s.empty:
-                    row[b] = ""
-                else:
-                    r = s.iloc[0]
-                    ci = (f" [{_fmt(r['conf_low'])}, {_fmt(r['conf_high'])}]"
-                          if pd.notna(r.get("conf_low")) and pd.notna(r.get("conf_high")) else "")
-                    row[b] = f"{_fmt(r['estimate'])}{ci}"
-            fixed_rows.append(row)
+        fixed_rows = [{"term": t, **{b: _estimate_cell(fx[(fx["backend"] == b) & (fx["term"] == t)]) for b in backends}}
+                      for t in dict.fromkeys(fx["term"])]
         rp = e[e["effect"] == "ran_pars"]
-        vc_rows = []
-        for g, t in dict.fromkeys(zip(rp["group"], rp["term"])):
-            row = {"group": g, "term": t}
-            for b in backends:
-                s = rp[(rp["backend"] == b) & (rp["group"] == g) & (rp["term"] == t)]
-                if s.empty:
-                    row[b] = ""
-                else:
-                    r = s.iloc[0]
-                    ci = (f" [{_fmt(r['conf_low'])}, {_fmt(r['conf_high'])}]"
-                          if pd.notna(r.get("conf_low")) and pd.notna(r.get("conf_high")) else "")
-                    row[b] = f"{_fmt(r['estimate'])}{ci}"
-            vc_rows.append(row)
+        vc_rows = [{"group": g, "term": t,
+                    **{b: _estimate_cell(rp[(rp["backend"] == b) & (rp["group"] == g) & (rp["term"] == t)])
+                       for b in backends}}
+                   for g, t in dict.fromkeys(zip(rp["group"], rp["term"]))]
         out.append({"formula": formula, "fixed_rows": fixed_rows, "fixed_cols": ["term"] + backends,
                     "vc_rows": vc_rows, "vc_cols": ["group", "term"] + backends})
     return out

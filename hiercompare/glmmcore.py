@@ -43,7 +43,7 @@ EPS = 2.220446049250313e-16
 #: "numba" (compiled passes over the rows, :mod:`hiercompare.glmmcore_jit`), "numpy", or "auto" (numba where
 #: installed); the environment variable ``HIERCOMPARE_GLMMCORE_ENGINE`` sets the default
 ENGINE = os.environ.get("HIERCOMPARE_GLMMCORE_ENGINE", "auto")
-LBFGS_OPTIONS = dict(ftol=1e-14, gtol=1e-9, maxiter=3000, maxls=50)
+LBFGS_OPTIONS = dict(ftol=1e-12, gtol=1e-6, maxiter=3000, maxls=50)
 _JIT = None
 
 
@@ -152,6 +152,8 @@ class PirlsState:
     pdev: float  # -2 log p(y | u) + ||u||^2
     iterations: int
     passes: int
+    phi: np.ndarray | None = None  # (theta, beta[, log k]) where the derivative of the modes below was taken
+    dudphi: list | None = None  # per level (G_l, k_l, len(phi)): d u* / d phi, to start the next PIRLS nearer
 
     @property
     def laplace(self) -> float:
@@ -252,6 +254,16 @@ class GlmmCore:
                                                       np.arange(lv.n_groups))),
                               shape=(self.levels[i - 1].n_groups if i else 1, lv.n_groups))
             for i, lv in enumerate(self.levels)]
+        # leaf -> level-l group sums, and level-l -> level-j (j < l) ancestor sums, as sparse 0/1 matrices
+        self._leaf_to = [sparse.csr_matrix((np.ones(G), (self.anc[li], np.arange(G))),
+                                           shape=(self.levels[li].n_groups, G)) for li in range(self.L)]
+        self._up = {}
+        for li in range(self.L):
+            cur = np.arange(self.levels[li].n_groups)
+            for lj in range(li - 1, -1, -1):
+                cur = np.asarray(self.levels[lj + 1].parent)[cur]
+                self._up[li, lj] = sparse.csr_matrix((np.ones(cur.size), (cur, np.arange(cur.size))),
+                                                     shape=(self.levels[lj].n_groups, cur.size))
         self._layout_theta()
         self._all_extras = np.arange(self.p + 1)  # [x, working response]
         self._wr_only = np.array([self.p])  # the working response alone (beta held fixed)
@@ -433,6 +445,11 @@ class GlmmCore:
             cur = (self._sparse_parent[li] @ msg.reshape(msg.shape[0], -1)).reshape(G_up, r, r)
         return Factor(logdet=logdet, F=cur[0], Lc=Lcs, W=Ws)
 
+    def _agg(self, li: int, X) -> np.ndarray:
+        """Sums of the leaf rows of ``X`` (G_leaf, ...) over the groups of level ``li``."""
+        X = np.asarray(X)
+        return (self._leaf_to[li] @ X.reshape(X.shape[0], -1)).reshape((-1,) + X.shape[1:])
+
     def _parent_rows(self, li: int) -> np.ndarray:
         return np.asarray(self.levels[li].parent) if li else np.zeros(self.levels[0].n_groups, dtype=int)
 
@@ -483,12 +500,10 @@ class GlmmCore:
                 s0 = self.offs[li]
                 Wa = fac.W[li][:, :, :s0]
                 upd = np.einsum("gka,gk...->ga...", Wa, z)
-                anc = self._parent_rows(li)
                 for lj in range(li - 1, -1, -1):
                     a, b = self.offs[lj], self.offs[lj + 1]
-                    np.subtract.at(vv[lj], anc, upd[:, a:b])
-                    if lj:
-                        anc = self._parent_rows(lj)[anc]
+                    part = upd[:, a:b]
+                    vv[lj] -= (self._up[li, lj] @ part.reshape(part.shape[0], -1)).reshape(vv[lj].shape)
         x, path = [], None
         for li in range(self.L):
             s0 = self.offs[li]
@@ -535,6 +550,7 @@ class GlmmCore:
         st = self._pass(beta, self._bpath(lam, u), knb, want_o=True, want_dw=True)
         pdev = st.nll + sum(float((x * x).sum()) for x in u)
         it = 0
+        prev_size = None
         for it in range(1, maxit + 1):
             fac = self._factor(st.C, lam, self._all_extras if joint else self._wr_only)
             if joint:
@@ -563,6 +579,12 @@ class GlmmCore:
             if step * size < tol * scale or (step == 1.0 and abs(change) < 1e-15 * (1 + abs(pdev))
                                              and size < 1e-7 * scale):
                 break
+            if self.fam != 2 and step == 1.0 and prev_size is not None and size < 1e-4 * scale:
+                # canonical link: Fisher scoring is Newton's method, whose next step is about c * size^2 with c
+                # estimated from the last two full steps; below the tolerance, the pass just made is at the mode
+                if size ** 3 / prev_size ** 2 < tol * scale:
+                    break
+            prev_size = size if step == 1.0 else None
         else:
             warnings.warn("glmmcore: penalised IRLS reached its iteration limit", RuntimeWarning, stacklevel=3)
         fac = self._factor(st.C, lam, self._all_extras if joint else self._wr_only)
@@ -580,12 +602,29 @@ class GlmmCore:
         knb = float(np.exp(phi[nth + self.p])) if self.fam == 2 else 1.0
         return theta, beta, knb
 
+    def _predicted_start(self, theta, beta, knb):
+        """The last modes, moved to first order towards the new parameters where their derivative is known (a
+        predicted change of at most 1 in any u; else the last modes as they are)."""
+        warm = self._warm
+        if warm is None:
+            return None
+        if warm.dudphi is None:
+            return warm.u
+        phi = np.concatenate([theta, beta, [np.log(knb)] if self.fam == 2 else []])
+        if phi.shape != warm.phi.shape:
+            return warm.u
+        step = [D @ (phi - warm.phi) for D in warm.dudphi]
+        if max(float(np.abs(x).max()) for x in step) > 1.0:
+            return warm.u
+        return [u + x for u, x in zip(warm.u, step)]
+
     def laplace(self, theta, beta, knb: float = 1.0, want_state: bool = False):
         """lme4's Laplace deviance at (theta, beta) (and the negative binomial's size ``knb``)."""
         self.n_evals += 1
         lam = self.lambdas(theta)
+        theta, beta = np.asarray(theta, dtype=float), np.asarray(beta, dtype=float)
         try:
-            state = self._pirls(lam, beta, knb, self._start_u())
+            state = self._pirls(lam, beta, knb, self._predicted_start(theta, beta, knb))
         except np.linalg.LinAlgError:
             return (np.inf, None) if want_state else np.inf
         self._warm = state
@@ -618,14 +657,9 @@ class GlmmCore:
         v = []
         for li in range(L):
             a, b = self.offs[li], self.offs[li + 1]
-            agg = np.zeros((self.levels[li].n_groups, b - a))
-            np.add.at(agg, self.anc[li], HW[:, a:b])
-            v.append(agg @ lam[li])
-        if st.Co is not None:  # NB2: A_o = Lambda' Z' O Z Lambda + I differs from A (Fisher weights)
-            fac_o = self._factor(Co[:, :K, :K], lam)
-            t = self._solve_A(fac_o, v)
-        else:
-            t = self._solve_A(fac, v)
+            v.append(self._agg(li, HW[:, a:b]) @ lam[li])
+        fac_o = self._factor(Co[:, :K, :K], lam) if st.Co is not None else fac  # NB2: A_o (observed) differs
+        t = self._solve_A(fac_o, v)
         tz = self._upath(t) @ T.T  # (G, K): Lambda t along every leaf's path
         upath = self._upath(u)
         tpath = self._upath(t)
@@ -642,7 +676,9 @@ class GlmmCore:
             g_theta[idx] = (-2.0 * S[:, zc] @ ul + 2.0 * VLC[:, uc, zc].sum() + HW[:, zc] @ ul
                             + S[:, zc] @ tl - tzCo[:, zc] @ ul)
         if not nb:
-            return np.concatenate([g_theta, g_beta])
+            grad = np.concatenate([g_theta, g_beta])
+            self._mode_derivative(theta, state, fac_o, Co, S, upath, None)
+            return grad
         # d / d log k: the explicit derivative of -2 log p, of the Fisher weights, and through u* (section 3.4)
         k, mu, y = state.knb, st.mu, self.y
         kmu = k + mu
@@ -651,7 +687,34 @@ class GlmmCore:
         ds = (y - mu) * mu / kmu ** 2
         Zds = _segment_sums(ds[:, None] * self.ZX[:, :K], self.ptr[:-1])
         g_k += float(np.einsum("sa,sa->", tz, Zds))
+        self._mode_derivative(theta, state, fac_o, Co, S, upath, k * Zds)
         return np.concatenate([g_theta, g_beta, [k * g_k]])
+
+    def _mode_derivative(self, theta, state, fac_o, Co, S, upath, kZds) -> None:
+        """d u* / d phi = -A_o^-1 (d^2 f / du dphi) / 2 for every parameter (docs/glmmcore.md, section 3.3),
+        stored on ``state`` for the next PIRLS's start. ``kZds``: per leaf k sum z ds/dk (NB2), else None."""
+        K, p, L = self.K, self.p, self.L
+        lam, u = state.lam, state.u
+        nth = len(self.theta_index)
+        npar = nth + p + (kZds is not None)
+        # per leaf, the K-vector of every parameter's right-hand side in z units: (G, K, npar)
+        Rz = np.zeros((Co.shape[0], K, npar))
+        Rz[:, :, nth:nth + p] = Co[:, :K, K:K + p]
+        for idx, (li, r, c) in enumerate(self.theta_index):
+            zc = self.offs[li] + r
+            Rz[:, :, idx] = Co[:, :K, zc] * upath[:, self.offs[li] + c][:, None]
+        if kZds is not None:
+            Rz[:, :, -1] = -kZds
+        rhs = []
+        for li in range(L):
+            a, b = self.offs[li], self.offs[li + 1]
+            rhs.append(np.einsum("ji,gjn->gin", lam[li], self._agg(li, Rz[:, a:b, :])))
+        for idx, (li, r, c) in enumerate(self.theta_index):  # - dLambda' Z' s: own level, entry c, from row r
+            a = self.offs[li]
+            rhs[li][:, c, idx] -= self._agg(li, S[:, a + r])
+        D = self._solve_A(fac_o, rhs)
+        state.phi = np.concatenate([theta, state.beta, [np.log(state.knb)] if self.fam == 2 else []])
+        state.dudphi = [-x for x in D]
 
     def _digamma_sum(self, k: float) -> float:
         """sum_i psi(y_i + k) - psi(k), over the distinct counts."""
@@ -906,9 +969,7 @@ class GlmmCore:
             rhs = []
             for li in range(self.L):
                 a, b = self.offs[li], self.offs[li + 1]
-                agg = np.zeros((self.levels[li].n_groups, b - a, p))
-                np.add.at(agg, self.anc[li], CX[:, a:b, :])
-                rhs.append(-np.einsum("ji,gjp->gip", lam[li], agg))
+                rhs.append(-np.einsum("ji,gjp->gip", lam[li], self._agg(li, CX[:, a:b, :])))
             J = self._solve_A(fac, rhs)
         for li in range(self.L):
             a, b = self.offs[li], self.offs[li + 1]

@@ -55,7 +55,7 @@ _NAME = re.compile(rf"^{_R_NAME}$")
 # name(:name)*, offset(name) and (0|1 [+ name]* |/|| name(:name)*).
 _R_TERM = (rf"(?:[01]|{_R_NAME}(?::{_R_NAME})*|offset\({_R_NAME}\)"
            rf"|\((?:[01])(?: \+ {_R_NAME})* \|\|? {_R_NAME}(?::{_R_NAME})*\))")
-_R_RESPONSE = rf"(?:{_R_NAME}|cbind\({_R_NAME}, {_R_NAME}\))"
+_R_RESPONSE = rf"(?:{_R_NAME}|cbind\({_R_NAME}, {_R_NAME}\)|{_R_NAME} \| trials\({_R_NAME}\))"
 _FORMULA = re.compile(rf"^{_R_RESPONSE} ~ {_R_TERM}(?: \+ {_R_TERM})*$")
 
 
@@ -232,16 +232,17 @@ def _dataframe(ro, frame, factors):
     return ro.DataFrame(cols)
 
 
-def r_formula(spec: ModelSpec, fixed: list[str] | None = None) -> str:
+def r_formula(spec: ModelSpec, fixed: list[str] | None = None, response: str | None = None) -> str:
     """Formula text for R, rendered by :meth:`ModelSpec.to_formula` (lme4 dialect: categorical terms bare,
     they are factors in the data) and checked against the formula grammar; ``fixed`` replaces the fixed part
-    (brms names its coefficients its own way). Nothing outside that grammar reaches R's parser.
+    (brms names its coefficients its own way), ``response`` the left of ``~`` (brms: ``k | trials(n)``). Nothing
+    outside that grammar reaches R's parser.
     """
     names = spec.variables + ((spec.failures_column,) if spec.has_trials else ())
     for n in names:
         if not _NAME.match(n):
             raise SpecError(f"{n!r} is not a valid R name")
-    text = spec.to_formula("lme4", fixed=fixed)
+    text = spec.to_formula("lme4", fixed=fixed, response=response)
     if not _FORMULA.match(text):  # defence in depth: the text must be exactly of the grammar's shape
         raise SpecError(f"refusing to send {text!r} to R: it is outside the formula grammar "
                         "(response ~ 0/1 + names + offset(name) + (1 + names | group))")

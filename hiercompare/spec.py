@@ -196,7 +196,8 @@ class ModelSpec:
         """Canonical formula text, rebuilt from the parsed parts (never the user's string)."""
         return self.to_formula()
 
-    def to_formula(self, dialect: str = "hiercompare", fixed: Sequence[str] | None = None) -> str:
+    def to_formula(self, dialect: str = "hiercompare", fixed: Sequence[str] | None = None,
+                   response: str | None = None) -> str:
         """Formula text rebuilt from the parsed parts (never the user's string): the one renderer.
 
         Parameters
@@ -209,6 +210,9 @@ class ModelSpec:
             The fixed part written term by term in place of the spec's intercept and fixed terms, for an engine
             that names its coefficients its own way (brms: ``["0", "Intercept", "x1", "hc_d3"]``). The
             response and the group terms are the spec's.
+        response : str, optional
+            The left of ``~`` in place of :meth:`response_text`, for an engine that writes binomial trials its
+            own way (brms: ``"k | trials(hc_d_trials)"``).
 
         Text meant for R goes through :func:`hiercompare.rbridge.r_formula`, which checks it against the
         grammar before R sees it.
@@ -222,7 +226,7 @@ class ModelSpec:
             fixed = ["1" if self.intercept else "0"]
             fixed += [t.formula_text() if dialect == "hiercompare" else t.name for t in self.fixed]
         parts = list(fixed) + [f"offset({o})" for o in self.offsets] + [g.formula_text() for g in self.groups]
-        return f"{self.response_text(dialect)} ~ " + " + ".join(parts)
+        return f"{response or self.response_text(dialect)} ~ " + " + ".join(parts)
 
     def response_text(self, dialect: str = "hiercompare") -> str:
         """The left of ``~``: the response column, or the binomial ``cbind(...)``.

@@ -14,8 +14,8 @@
 
 .hc_brms_models <- new.env(parent = emptyenv())
 
-.hc_brms_kinds <- list(normal = 2L, student_t = 3L, lkj = 1L)
-.hc_brms_classes <- c("b", "sd", "sigma", "cor")
+.hc_brms_kinds <- list(normal = 2L, student_t = 3L, lkj = 1L, gamma = 2L)
+.hc_brms_classes <- c("b", "sd", "sigma", "cor", "shape")
 
 hc_brms_priors <- function(cls, coef, kind, p1, p2, p3) {
   n <- length(cls)
@@ -149,7 +149,9 @@ hc_brms_convergence <- function(x, vars) {
 # memory, the disk cache, or a compile). Returns list(x, code, key, compiled) or list(error = <JSON>).
 hc_brms_prepare <- function(data, formula, family, cls, coef, kind, p1, p2, p3, cache_dir, makevars_file) {
   suppressPackageStartupMessages({ requireNamespace("brms"); requireNamespace("rstan") })
+  # binomial: a 0/1 response (bernoulli); binomial_trials: y | trials(n) in the formula; negbinomial: NB2 (shape)
   fam <- switch(family, gaussian = stats::gaussian(), binomial = brms::bernoulli(), poisson = stats::poisson(),
+                binomial_trials = stats::binomial(), negbinomial = brms::negbinomial(),
                 stop("hiercompare: unsupported family ", deparse(family)))
   # 1. the model: validated by brms, Stan code generated, nothing compiled (cheap)
   setup <- hc_capture({
@@ -248,7 +250,7 @@ hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chai
   fe <- brms::fixef(x, summary = FALSE)
   dm <- as.matrix(x$fit)
   pars <- colnames(dm)
-  conv_vars <- pars[grepl("^(b_|sd_|cor_|r_)", pars) | pars == "sigma"]
+  conv_vars <- pars[grepl("^(b_|sd_|cor_|r_)", pars) | pars %in% c("sigma", "shape")]
   conv <- hc_brms_convergence(x, conv_vars)
   mcse_of <- function(names) I(unname(stats::setNames(conv$mcse, conv$variable)[names]))
   rp <- list(group = character(0), kind = character(0), coef1 = character(0), coef2 = character(0), cols = character(0))
@@ -267,6 +269,7 @@ hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chai
     }
   }
   if (family == "gaussian") add_rp("Residual", "sigma", "", "", "sigma")
+  if (family == "negbinomial") add_rp("Dispersion", "shape", "", "", "shape")
   missing <- setdiff(rp$cols, colnames(dm))
   if (length(missing)) return(hc_json(list(error = paste("brms draws lack", paste(missing, collapse = ", ")),
                                            stage = "summary")))
@@ -314,7 +317,9 @@ hc_fit_brms <- function(data, formula, family, cls, coef, kind, p1, p2, p3, chai
     ran_pars = c(list(group = I(rp$group), kind = I(rp$kind), coef1 = I(rp$coef1), coef2 = I(rp$coef2)), rp_summ),
     ranef = ranef_out,
     kept_draws = if (length(idx)) list(n = length(idx), total = nrow(dm), b = kept(paste0("b_", colnames(fe))),
-                                  sigma = if (family == "gaussian") I(as.vector(kept("sigma"))) else NULL) else NULL,
+                                  sigma = if (family == "gaussian") I(as.vector(kept("sigma"))) else NULL,
+                                  shape = if (family == "negbinomial") I(as.vector(kept("shape"))) else NULL)
+                 else NULL,
     convergence = list(variable = I(conv$variable), rhat = I(conv$rhat), ess_bulk = I(conv$ess_bulk),
                        ess_tail = I(conv$ess_tail), mcse = I(conv$mcse), tool = conv$tool),
     divergences = divergent,

@@ -10,7 +10,10 @@ The model
     * group effects are non-centred in brms's Stan code (``r = z * sd`` for one term,
       ``r = (diag(sd) L z)'`` with an LKJ prior on the Cholesky factor ``L`` for a correlated block);
       ``||`` gives independent SDs.
-    * families: gaussian (identity), binomial (0/1 response, brms ``bernoulli()``, logit), poisson (log).
+    * families: gaussian (identity), binomial (logit: a 0/1 response as brms ``bernoulli()``; ``cbind()``
+      trials as ``binomial()`` with ``y | trials(hc_d_trials)``, the trials a data column), poisson (log),
+      negbinomial (brms ``negbinomial()``, NB2: its ``shape`` is theta, reported as ``Dispersion`` /
+      ``theta``, prior class ``shape``). ``offset()`` terms stay in the formula, their columns sent as data.
 
 Priors as data, not code
     Every prior number is passed as a Stan data variable (a brms ``stanvar`` named ``hc_prior_<row>_<k>``)
@@ -75,7 +78,7 @@ from .. import rbridge
 from ..design import ModelData
 from ..errors import BackendError, SpecError
 from ..priors import Priors, resolve_priors
-from ..results import RESIDUAL, Fit, cor_term, sd_term, tidy_frame
+from ..results import DISPERSION, RESIDUAL, THETA, Fit, cor_term, sd_term, tidy_frame
 from ..spec import INTERCEPT
 from . import sampling
 from .base import Backend
@@ -83,6 +86,7 @@ from .base import Backend
 BRMS_INTERCEPT = "Intercept"
 _COEF = re.compile(r"^[A-Za-z][A-Za-z0-9_.:]*$")
 _DUMMY = "hc_d"  # prefix of the treatment-dummy columns passed for categorical fixed terms
+TRIALS = f"{_DUMMY}_trials"  # the binomial trials column of y | trials(...) (user columns cannot start with hc_d)
 # Compiler flags for brms's Stan models (-O3, no -g), used unless the user has a Makevars of their own;
 # see hc_brms_makevars in r_scripts/fit_brms.R.
 STAN_MAKEVARS = rbridge.SCRIPTS / "stan_makevars.mk"
@@ -118,7 +122,8 @@ class BrmsBackend(Backend):
     """R brms (Stan NUTS through rstan), with the shared default priors and a compiled-model cache."""
 
     name = "brms"
-    families = ("gaussian", "binomial", "poisson")
+    families = ("gaussian", "binomial", "poisson", "negbinomial")
+    features = frozenset({"offset", "trials"})
     description = "R brms (Stan NUTS via rstan) through rpy2; compiled models cached in memory and on disk"
     takes_seed = True
 
@@ -199,7 +204,7 @@ class BrmsBackend(Backend):
 
         out = rbridge.call(
             "fit_brms.R", "hc_fit_brms", rbridge.dataframe(frame, {v: None for v in md.spec.grouping_variables}),
-            formula, md.spec.family, _strs(table["class"]), _strs(table["coef"]), _strs(table["kind"]),
+            formula, brms_family(md), _strs(table["class"]), _strs(table["coef"]), _strs(table["kind"]),
             rbridge.floats(table["p1"]), rbridge.floats(table["p2"]), rbridge.floats(table["p3"]),
             chains, iter, warmup, cores, float("nan") if seed is None else seed, adapt_delta, max_treedepth, cdir,
             str(STAN_MAKEVARS), fork, keep_draws)
@@ -262,7 +267,7 @@ class BrmsBackend(Backend):
         table = prior_table(md, pri, names)
         return rbridge.call(
             "fit_brms.R", "hc_precompile_brms", rbridge.dataframe(frame, {v: None for v in md.spec.grouping_variables}),
-            brms_formula(md, names), md.spec.family, _strs(table["class"]), _strs(table["coef"]),
+            brms_formula(md, names), brms_family(md), _strs(table["class"]), _strs(table["coef"]),
             _strs(table["kind"]), rbridge.floats(table["p1"]), rbridge.floats(table["p2"]),
             rbridge.floats(table["p3"]), _cache_dir(cache_dir), str(STAN_MAKEVARS))
 
@@ -320,9 +325,11 @@ def brms_data(md: ModelData) -> tuple[pd.DataFrame, dict[str, str]]:
                 raise SpecError(f"fixed term {c.name!r} cannot be named in brms")
             names[c.name] = c.name
             numeric.update(c.term.variables)
-    for v in sorted(numeric):
+    for v in sorted(numeric) + list(spec.offsets):
         if v != spec.response:
             cols[v] = md.data[v].to_numpy(dtype=float)
+    if spec.has_trials:
+        cols[TRIALS] = md.trials
     for v in spec.grouping_variables:
         codes, _ = pd.factorize(md.data[v].astype(str), sort=False)
         cols[v] = ("g" + pd.Series(codes + 1).astype(str)).to_numpy(dtype=object)
@@ -332,7 +339,14 @@ def brms_data(md: ModelData) -> tuple[pd.DataFrame, dict[str, str]]:
 def brms_formula(md: ModelData, names: dict[str, str]) -> str:
     """brms formula text: ``y ~ 0 + Intercept + x1 + ... + (1 + x1 | market) + ...``, the spec's own rendering
     (:func:`hiercompare.rbridge.r_formula`, grammar-checked) with the fixed part named as ``names`` says."""
-    return rbridge.r_formula(md.spec, fixed=["0"] + [names[n] for n in md.fixed_names])
+    response = f"{md.spec.response} | trials({TRIALS})" if md.spec.has_trials else None
+    return rbridge.r_formula(md.spec, fixed=["0"] + [names[n] for n in md.fixed_names], response=response)
+
+
+def brms_family(md: ModelData) -> str:
+    """The family as fit_brms.R names it: ``binomial`` is brms's bernoulli (a 0/1 response), ``binomial_trials``
+    its binomial with ``trials()``."""
+    return "binomial_trials" if md.spec.has_trials else md.spec.family
 
 
 def prior_table(md: ModelData, pri: Priors, names: dict[str, str]) -> dict[str, list]:
@@ -343,6 +357,8 @@ def prior_table(md: ModelData, pri: Priors, names: dict[str, str]) -> dict[str, 
     rows.append(("sd", "", pri.sd))
     if md.spec.family == "gaussian":
         rows.append(("sigma", "", pri.sigma))
+    if md.spec.family == "negbinomial":
+        rows.append(("shape", "", pri.shape))
     if any(len(block) > 1 for lv in md.spec.levels for block in lv.blocks):
         rows.append(("cor", "", pri.cor))
     table = {"class": [], "coef": [], "kind": [], "p1": [], "p2": [], "p3": []}
@@ -407,6 +423,9 @@ def _ran_pars_rows(md: ModelData, rp: dict) -> list[dict]:
         if kind == "sigma":
             rows.append(dict(effect="ran_pars", group=RESIDUAL, term=sd_term("Observation"), **_summ(rp, i)))
             continue
+        if kind == "shape":
+            rows.append(dict(effect="ran_pars", group=DISPERSION, term=THETA, **_summ(rp, i)))
+            continue
         if group not in groups:
             raise BackendError(f"brms returned an unknown grouping factor {group!r} (expected one of {sorted(groups)})")
         term = sd_term(_term(c1)) if kind == "sd" else cor_term(_term(c1), _term(c2))
@@ -464,22 +483,24 @@ def _posterior_draws(md: ModelData, names: dict[str, str], out: dict) -> dict:
             m = np.asarray(block["draws"][k], dtype=float).reshape(b.shape[0], -1)
             arr[:, code_of, lv.spec.terms.index(term)] = m
         r[lv.group] = arr
-    sigma = d.get("sigma")
+    sigma, shape = d.get("sigma"), d.get("shape")
     return {"b": b[:, [index[names[n]] for n in md.fixed_names]], "r": r, "total": int(d["total"]),
-            "sigma": None if sigma is None else np.asarray(sigma, dtype=float).reshape(-1)}
+            "sigma": None if sigma is None else np.asarray(sigma, dtype=float).reshape(-1),
+            "shape": None if shape is None else np.asarray(shape, dtype=float).reshape(-1)}
 
 
 def posterior_predictive(fit: Fit, thin: int = 1, seed: int = 0) -> np.ndarray:
     """Draws of new responses for the fitted rows from the kept posterior draws: array (draws, rows).
 
     Each kept draw gives the linear predictor ``X b + sum over levels of Z r[group]``; the response is drawn
-    from the family at it (gaussian with that draw's sigma, Bernoulli at the inverse logit, Poisson at exp).
+    from the family at it (gaussian with that draw's sigma, binomial with the rows' trials at the inverse logit,
+    Poisson at exp, negative binomial with that draw's shape); the formula's offsets are in the linear predictor.
     ``thin`` keeps every thin-th of the kept draws.
     """
     md = fit.model
     draws = fit.raw["draws"]
     rng = np.random.default_rng(seed)
-    eta = draws["b"][::thin] @ md.X.T
+    eta = draws["b"][::thin] @ md.X.T + md.offset
     for group, r in draws["r"].items():
         lv = md.hierarchy.level(group)
         eta = eta + np.einsum("nk,snk->sn", md.Z[group], r[::thin][:, lv.codes, :])
@@ -487,14 +508,18 @@ def posterior_predictive(fit: Fit, thin: int = 1, seed: int = 0) -> np.ndarray:
     if fam == "gaussian":
         return eta + rng.normal(size=eta.shape) * draws["sigma"][::thin][:, None]
     if fam == "binomial":
-        return rng.binomial(1, 1 / (1 + np.exp(-eta))).astype(float)
+        n = md.trials if md.trials is not None else np.ones(md.n)
+        return rng.binomial(n.astype(np.int64), 1 / (1 + np.exp(-eta))).astype(float)
+    if fam == "negbinomial":  # NB2 as numpy's negative_binomial(theta, theta / (theta + mu))
+        theta = draws["shape"][::thin][:, None]
+        return rng.negative_binomial(theta, theta / (theta + np.exp(eta))).astype(float)
     return rng.poisson(np.exp(eta)).astype(float)
 
 
 def _linear_predictor(fit: Fit) -> np.ndarray:
     """The kept draws' linear predictor for the fitted rows, (draws, rows)."""
     md, draws = fit.model, fit.raw["draws"]
-    eta = draws["b"] @ md.X.T
+    eta = draws["b"] @ md.X.T + md.offset
     for group, r in draws["r"].items():
         lv = md.hierarchy.level(group)
         eta = eta + np.einsum("nk,snk->sn", md.Z[group], r[:, lv.codes, :])
@@ -515,7 +540,14 @@ def loo(fit: Fit):
     if fam == "gaussian":
         ll = stats.norm.logpdf(md.y[None, :], loc=eta, scale=draws["sigma"][:, None])
     elif fam == "binomial":
-        ll = md.y * -np.logaddexp(0, -eta) + (1 - md.y) * -np.logaddexp(0, eta)
+        from scipy.special import gammaln
+
+        n = md.trials if md.trials is not None else np.ones(md.n)
+        choose = gammaln(n + 1) - gammaln(md.y + 1) - gammaln(n - md.y + 1)  # 0 for a 0/1 response
+        ll = choose + md.y * -np.logaddexp(0, -eta) + (n - md.y) * -np.logaddexp(0, eta)
+    elif fam == "negbinomial":
+        theta = draws["shape"][:, None]
+        ll = stats.nbinom.logpmf(md.y[None, :], theta, theta / (theta + np.exp(eta)))
     else:
         ll = stats.poisson.logpmf(md.y[None, :], np.exp(eta))
     post = xr.Dataset({f"b_{j}": (("chain", "draw"), draws["b"][None, :, j]) for j in range(draws["b"].shape[1])})

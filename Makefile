@@ -33,6 +33,7 @@ r-docs:
 
 bench: install
 	$(BIN)/python bench/run.py --out bench_out/results.json
+	$(BIN)/python bench/native_speed.py bench_out/native_speed.json
 	$(BIN)/python bench/bayes.py bench_out/bayes.json
 	$(BIN)/python bench/brms_flags.py bench_out/brms_flags.json
 	$(BIN)/python bench/study.py bench_out/study.json

@@ -13,6 +13,9 @@ works on those sums: the penalised system is eliminated level by level from the 
 varying terms are a k_l x k_l block coupled only to its ancestors, X and y), so one deviance evaluation costs
 O(number of leaf groups x D^3) with D = sum_l k_l + p + 1, whatever the number of rows, and no N x N matrix
 is ever formed. BLUPs and their conditional covariances come from the stored per-level blocks, top down.
+The gradient of the deviance w.r.t. theta comes from one reverse pass through the same elimination
+(:meth:`MixedCore.deviance_and_gradient`), and the optimiser uses it; the evaluation is compiled with numba where
+it is installed (:mod:`hiercompare.mixedcore_jit`), vectorised numpy otherwise (``ENGINE``).
 
 Profiled deviance for given theta (sigma profiled out), with A the penalised u-block, S the Schur complement
 of X'X, r2 the penalised residual sum of squares::
@@ -22,8 +25,8 @@ of X'X, r2 the penalised residual sum of squares::
 
 ``logLik = -deviance / 2`` (what lme4's logLik() prints for the same method).
 
-The derivation (notation, ML and REML, the elimination, BLUPs and both ``condvar`` conventions, the optimiser)
-is in ``docs/mixedcore.md``.
+The derivation (notation, ML and REML, the elimination, BLUPs and both ``condvar`` conventions, the optimiser,
+the analytic gradient and the compiled evaluation) is in ``docs/mixedcore.md``.
 """
 from __future__ import annotations
 
@@ -149,12 +152,12 @@ class CoreResult:
 
     @property
     def blups(self) -> list[np.ndarray]:
-        """Per level: (G_l, k_l) BLUPs b = Lambda_l u (docs/mixedcore.md, section 6.1)."""
+        """Per level: (G_l, k_l) BLUPs b = Lambda_l u (docs/mixedcore.md, section 5.1)."""
         return self._resolve()[0]
 
     @property
     def blup_cov(self) -> list[np.ndarray]:
-        """Per level: (G_l, k_l, k_l) conditional covariances (``condvar``'s convention; section 6.2)."""
+        """Per level: (G_l, k_l, k_l) conditional covariances (``condvar``'s convention; section 5.2)."""
         return self._resolve()[1]
 
     def __getstate__(self):  # a pickled or copied result carries its effects, not the core's sums
@@ -302,8 +305,10 @@ class MixedCore:
         return lam
 
     def _layout_leaf_first(self) -> None:
-        """Index maps for the fast path (docs/mixedcore.md, section 4.2): the leaf-first column order
-        ``[z_L, ..., z_1, X, y]``, where theta's entries sit in ``T2 = T P``, and the parents level by level."""
+        """Index maps for the fast path (docs/mixedcore.md, section 9.1): the leaf-first column order
+        ``[z_L, ..., z_1, X, y]``; where theta's entries sit in ``T2 = T P`` (top-first rows, leaf-first columns:
+        the numpy engine's ``M_s = T2' C_s T2``) and in the leaf-first T (the compiled engine); the structure of
+        T below the leaf block; the parents level by level, leaf first."""
         L, K, D = self.L, self.K, self.K + self.p + 1
         offs = np.cumsum([0] + self.k)
         perm = np.concatenate([np.arange(offs[li], offs[li + 1]) for li in range(L - 1, -1, -1)]
@@ -379,7 +384,7 @@ class MixedCore:
     def deviance_and_gradient(self, theta, reml: bool = True, engine: str | None = None):
         """The profiled deviance (as :meth:`deviance`) and its analytic gradient w.r.t. ``theta``.
 
-        Reverse mode through the level-by-level elimination (docs/mixedcore.md, section 4): one evaluation and
+        Reverse mode through the level-by-level elimination (docs/mixedcore.md, section 8): one evaluation and
         gradient cost about two deviance evaluations, whatever the length of theta. Returns ``(deviance,
         gradient)``; ``(inf, zeros)`` where theta gives a non-positive pivot or penalised RSS.
         ``engine``: "numba", "numpy" or "auto" (default: this core's ``engine``, else the module's ``ENGINE``).
@@ -454,7 +459,7 @@ class MixedCore:
 
     def _root(self, logdet: float, F: np.ndarray, reml: bool):
         """The deviance from log|A| and F = [[S, r], [r', q]], and its adjoint d deviance / d F (symmetric):
-        (dof / r2) g g' with g = [-beta_hat, 1], plus S^-1 for REML (docs/mixedcore.md, section 4.1)."""
+        (dof / r2) g g' with g = [-beta_hat, 1], plus S^-1 for REML (docs/mixedcore.md, section 8.1)."""
         p = self.p
         try:
             dev, beta, r2 = self._deviance_from(logdet, F, reml)
@@ -537,9 +542,10 @@ class MixedCore:
     # ------------------------------------------------------------------ fitting
     def fit(self, reml: bool = True, theta0=None, condvar: str = "full") -> CoreResult:
         """Minimise the profiled deviance: L-BFGS-B with the analytic gradient (:meth:`deviance_and_gradient`),
-        restarted once, then, only when the restart still moved the deviance, bounded Nelder-Mead and a last
-        L-BFGS-B pass to polish (the likelihood is flat along weakly identified SDs; see docs/mixedcore.md,
-        section 5). The best point found is kept."""
+        then Newton steps on a Hessian differenced from that gradient, which polish the flat directions and
+        certify the optimum; only where the certificate fails, L-BFGS-B restarted and, when that still moved the
+        deviance, bounded Nelder-Mead and a last L-BFGS-B (the likelihood is flat along weakly identified SDs;
+        docs/mixedcore.md, section 4). The best point found is kept."""
         with _one_blas_thread():
             return self._fit(reml, theta0, condvar)
 
@@ -718,7 +724,7 @@ class MixedCore:
         return self._eliminate(theta)[:2]  # (raises LinAlgError where a pivot is not positive)
 
     def _effects(self, C, theta, beta, sigma2, Sinv, condvar):
-        """BLUPs and their conditional covariances, top down (docs/mixedcore.md, section 6)."""
+        """BLUPs and their conditional covariances, top down (docs/mixedcore.md, section 5)."""
         p = self.p
         _, _, stored, lam = self._eliminate_lam(self.lambdas(theta), keep=True, C=C)
         # top-down: u for each level, and the covariance of each group's path [beta, u_1, ..., u_l]

@@ -6,7 +6,7 @@ numpy twin in mixedcore that gives the same numbers; ``tests/test_mixedcore_grad
 The compiled code is cached on disk (``cache=True``: ``__pycache__`` beside this file, or ``NUMBA_CACHE_DIR``),
 so only the first process on a machine pays the compile (a few seconds).
 
-Layout (docs/mixedcore.md, section 4.3): the kernels work in the *leaf-first* order
+Layout (docs/mixedcore.md, section 9.1): the kernels work in the *leaf-first* order
 ``[z_L, z_{L-1}, ..., z_1, X, y]``, so that the effects eliminated at each step are the first k columns of every
 group's matrix and the rest is one contiguous block.
 """
@@ -358,7 +358,7 @@ def devgrad(czz, czr, Pm, T, tptr, tidx, ks, parents, goff, ngroups, p, n, reml,
     leaves of the rest-by-rest block. With Lambda = T[:k, :k] and T_r = T[k:, k:], a leaf's Schur complement
     in the raw coordinates of the rest is ``-E' B^-1 E`` with ``B = Lambda' czz Lambda + I``,
     ``E = Lambda' czr``, and a parent's matrix is ``T_r' (Pm - sum_s E_s' B_s^-1 E_s) T_r``: one pass of
-    O(k^2 r + k r^2) per leaf. The levels above are eliminated as dense blocks (docs/mixedcore.md, section 4).
+    O(k^2 r + k r^2) per leaf. The levels above are eliminated as dense blocks (docs/mixedcore.md, sections 8-9).
 
     T : (D, D) block-diagonal relative factor (identity for X, y); ``tptr`` / ``tidx``: the structural
         non-zeros of T_r by column (CSC, indices relative to k)

@@ -5,6 +5,13 @@ United_state -> 10 markets -> 5 submarkets -> 100 rows; national intercept 1.0; 
 market slope SD for x1 0.5 with correlation 0.3; submarket intercept SD 0.4; beta_x2 0.6 (beta_x1 0, as in
 the seed); residual SD 1.0. Predictors are independent N(0, 1) draws.
 
+Counts and proportions: ``family="poisson"`` or ``"negbinomial"`` (NB2 with ``theta``: variance ``mu + mu^2 / theta``,
+drawn as a gamma-Poisson mixture) and ``family="binomial"`` with ``trials`` (successes out of a drawn number of
+trials per row, fitted as ``cbind(y, trials - y)``); ``exposure=(low, high)`` draws each row's exposure
+log-uniformly in that range and adds ``log_exposure`` to the linear predictor with coefficient 1 (the formula's
+``offset(log_exposure)``). These draws come after the predictors, so scenarios without them draw the same data
+as before.
+
 The default seed, 123, is the seed conversation's ``RANDOM_SEED``. Random numbers come from ``numpy.random.default_rng(SeedSequence(seed))`` in a fixed order (group effects
 top-down, sizes, predictors, noise), so the same seed gives identical data.
 """
@@ -17,10 +24,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import SpecError
-from .results import RESIDUAL, Truth, cor_term, sd_term, tidy_frame
+from .results import DISPERSION, RESIDUAL, THETA, Truth, cor_term, sd_term, tidy_frame
 from .spec import FAMILIES, INTERCEPT
 
 Size = int | tuple[int, int]
+TRIALS, EXPOSURE, LOG_EXPOSURE = "trials", "exposure", "log_exposure"  # the columns of trials and exposure
 
 
 @dataclass(frozen=True)
@@ -77,10 +85,31 @@ class Scenario:
     root: str = "United_state"  # the seed conversation's national root
     name: str = "seed"
     nonlinear: str | None = None  # a key of NONLINEAR: a known f(x) added to the linear predictor
+    exposure: tuple[float, float] | None = None  # (low, high): exposure log-uniform per row, offset(log_exposure)
+    trials: Size | None = None  # binomial trials per row (int or (low, high)); None: a 0/1 response
+    theta: float | None = None  # negbinomial's dispersion (NB2); required for that family
 
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise SpecError(f"family {self.family!r} is not one of {FAMILIES}")
+        if self.exposure is not None:
+            lo, hi = (float(v) for v in self.exposure)
+            if not 0 < lo <= hi or not np.isfinite(hi):
+                raise SpecError(f"exposure must be (low, high) with 0 < low <= high, got {self.exposure!r}")
+        if self.trials is not None:
+            if self.family != "binomial":
+                raise SpecError(f"trials are for family='binomial' (successes out of trials), not {self.family!r}")
+            lo = self.trials[0] if isinstance(self.trials, (tuple, list)) else self.trials
+            hi = self.trials[1] if isinstance(self.trials, (tuple, list)) else self.trials
+            if int(lo) < 1 or int(hi) < int(lo):
+                raise SpecError(f"trials must be an int >= 1 or (low, high) with 1 <= low <= high, got {self.trials!r}")
+        if (self.family == "negbinomial") != (self.theta is not None):
+            raise SpecError("theta (the negative binomial's dispersion, var = mu + mu^2 / theta) is required for "
+                            f"family='negbinomial' and only for it (family is {self.family!r}, theta {self.theta!r})")
+        if self.theta is not None and not (np.isfinite(self.theta) and self.theta > 0):
+            raise SpecError(f"theta must be a positive number, got {self.theta!r}")
+        if self.response in (TRIALS, EXPOSURE, LOG_EXPOSURE) + tuple(self.predictors):
+            raise SpecError(f"the response cannot be called {self.response!r}: the name is taken")
         if not self.levels:
             raise SpecError("a scenario needs at least one level below the root")
         for lv in self.levels:
@@ -112,12 +141,19 @@ class Scenario:
             lhs = " + ".join((["1"] if INTERCEPT in lv.sd else ["0"]) + slopes)
             bar = "|" if lv.correlated or len(lv.sd) == 1 else "||"
             rhs.append(f"({lhs} {bar} {self.group_name(d)})")
-        return f"{self.response} ~ " + " + ".join(rhs)
+        if self.exposure is not None:
+            rhs.insert(len(self.predictors), f"offset({LOG_EXPOSURE})")
+        y = self.response
+        lhs = f"cbind({y}, {TRIALS} - {y})" if self.trials is not None else y
+        return f"{lhs} ~ " + " + ".join(rhs)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
         d = asdict(self)
         d["levels"] = [asdict(lv) for lv in self.levels]
+        for key in ("exposure", "trials", "theta"):  # absent when unused: earlier studies' definitions still match
+            if d[key] is None:
+                del d[key]
         return json.loads(json.dumps(d))
 
     @classmethod
@@ -135,6 +171,9 @@ class Scenario:
             d["n_obs"] = tuple(d["n_obs"])
         if "predictors" in d:
             d["predictors"] = tuple(d["predictors"])
+        for key in ("exposure", "trials"):
+            if isinstance(d.get(key), list):
+                d[key] = tuple(d[key])
         return cls(levels=tuple(levels) if levels else _default_levels(), **d)
 
 
@@ -243,15 +282,27 @@ def _draw_rows(sc: Scenario, parents, effects, leaf: np.ndarray, rng: np.random.
         for j, term in enumerate(lv.sd):
             z = 1.0 if term == INTERCEPT else X[term]
             eta = eta + effects[d][idx[d], j] * z
+    extra = {}
+    if sc.exposure is not None:  # drawn after the predictors: scenarios without exposure keep their data
+        lo, hi = np.log(float(sc.exposure[0])), np.log(float(sc.exposure[1]))
+        log_e = rng.uniform(lo, hi, size=n) if hi > lo else np.full(n, lo)
+        extra = {EXPOSURE: np.exp(log_e), LOG_EXPOSURE: log_e}
+        eta = eta + log_e
     noise = None
     if sc.family == "gaussian":
         noise = rng.normal(0.0, sc.residual_sd, size=n)
         y = eta + noise
     elif sc.family == "binomial":
-        y = rng.binomial(1, 1 / (1 + np.exp(-eta))).astype(float)
+        trials = np.ones(n, dtype=np.int64) if sc.trials is None else _sizes(rng, sc.trials, n)
+        y = rng.binomial(trials, 1 / (1 + np.exp(-eta))).astype(float)
+        if sc.trials is not None:
+            extra[TRIALS] = trials.astype(float)
+    elif sc.family == "negbinomial":  # NB2 as a gamma-Poisson mixture: E = mu, var = mu + mu^2 / theta
+        mu = np.exp(eta)
+        y = rng.poisson(rng.gamma(sc.theta, mu / sc.theta)).astype(float)
     else:
         y = rng.poisson(np.exp(eta)).astype(float)
-    return {sc.response: y, **X}, noise
+    return {sc.response: y, **X, **extra}, noise
 
 
 #: rows drawn from one random stream by :func:`simulate_to_parquet` (the data do not depend on chunk_rows)
@@ -352,6 +403,8 @@ def _truth_table(sc: Scenario, labels, effects, noise_sd) -> pd.DataFrame:
     if sc.family == "gaussian":
         rows.append(dict(effect="ran_pars", group=RESIDUAL, term=sd_term("Observation"), estimate=sc.residual_sd,
                          realized=noise_sd))
+    if sc.family == "negbinomial":
+        rows.append(dict(effect="ran_pars", group=DISPERSION, term=THETA, estimate=float(sc.theta), realized=np.nan))
     table = tidy_frame(rows)
     table["realized"] = [r.get("realized", np.nan) for r in rows]
     return table

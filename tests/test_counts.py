@@ -374,3 +374,67 @@ def test_the_stored_reference_is_what_r_gives_now(tmp_path):
     fresh = pd.read_csv(tmp_path / "tests" / "data" / "glm_reference.csv", dtype={"value": float})
     pd.testing.assert_frame_equal(fresh[["case", "kind", "name"]], REF[["case", "kind", "name"]])
     np.testing.assert_allclose(fresh["value"].to_numpy(), REF["value"].to_numpy(), rtol=1e-8, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------------- simulation
+def _flat(levels_sd=0.0):
+    """One level of 40 groups whose effects are all 0 (SD 0): the rows show the family's own distribution."""
+    return (hc.LevelScenario("g", 40, {"(Intercept)": levels_sd}),)
+
+
+def test_simulated_negative_binomial_with_exposure_has_its_moments_and_truth():
+    sc = hc.Scenario(levels=_flat(), n_obs=500, family="negbinomial", theta=3.0, exposure=(2.0, 2.0),
+                     fixed={"(Intercept)": 1.0, "x1": 0.0, "x2": 0.0})
+    data, truth = hc.simulate(sc, seed=4)
+    assert sc.formula() == "y ~ x1 + x2 + offset(log_exposure) + (1 | g)"
+    np.testing.assert_allclose(data["log_exposure"], np.log(2.0))
+    mu = 2.0 * np.e
+    y = data["y"].to_numpy()
+    se_mean = np.sqrt((mu + mu ** 2 / 3.0) / len(y))
+    assert abs(y.mean() - mu) < 4 * se_mean
+    assert y.var() == pytest.approx(mu + mu ** 2 / 3.0, rel=0.08)  # 20,000 rows: the NB2 variance, not Poisson's
+    theta = truth.table.set_index(["group", "term"]).loc[("Dispersion", "theta"), "estimate"]
+    assert theta == 3.0
+    fit = hc.fit(data, sc.formula(), backend="glm", family="negbinomial")
+    tt = fit.tidy().set_index(["group", "term"])
+    assert abs(tt.loc[("Dispersion", "theta"), "estimate"] - 3.0) < 0.3
+    assert abs(tt.loc[("", "(Intercept)"), "estimate"] - 1.0) < 4 * tt.loc[("", "(Intercept)"), "std_error"]
+
+
+def test_simulated_binomial_trials_and_poisson_exposure_are_recovered():
+    sc = hc.Scenario(family="binomial", trials=(5, 30), fixed={"(Intercept)": -0.5, "x1": 0.0, "x2": 0.4})
+    data, truth = hc.simulate(sc, seed=2)
+    assert sc.formula().startswith("cbind(y, trials - y) ~ x1 + x2 + (1 + x1 | market)")
+    assert data["trials"].between(5, 30).all() and (data["y"] <= data["trials"]).all()
+    assert set(data["trials"]) == set(range(5, 31))
+    fit = hc.fit(data, sc.formula(), backend="glm", family="binomial")  # market effects absorbed by dummies
+    x2 = fit.tidy("fixed").set_index("term").loc["x2"]
+    assert abs(x2.estimate - 0.4) < 4 * x2.std_error
+    sc = hc.Scenario(family="poisson", exposure=(1.0, 100.0), fixed={"(Intercept)": -2.0, "x1": 0.0, "x2": 0.3})
+    data, truth = hc.simulate(sc, seed=2)
+    assert data["exposure"].between(1.0, 100.0).all()
+    np.testing.assert_allclose(np.log(data["exposure"]), data["log_exposure"])
+    fit = hc.fit(data, sc.formula(), backend="glm", family="poisson")
+    x2 = fit.tidy("fixed").set_index("term").loc["x2"]
+    assert abs(x2.estimate - 0.3) < 4 * x2.std_error
+    assert "Dispersion" not in set(truth.table["group"])
+
+
+def test_scenarios_round_trip_and_refuse_what_does_not_fit():
+    for sc in (hc.Scenario(family="negbinomial", theta=2.0, exposure=(1, 10)), hc.Scenario(family="binomial", trials=8)):
+        assert hc.Scenario.from_dict(json_round_trip(sc.to_dict())) == sc
+    assert "theta" not in hc.Scenario().to_dict()  # absent when unused: earlier studies' definitions still match
+    with pytest.raises(SpecError, match="theta .* is required for family='negbinomial'"):
+        hc.Scenario(family="negbinomial")
+    with pytest.raises(SpecError, match="only for it"):
+        hc.Scenario(family="poisson", theta=2.0)
+    with pytest.raises(SpecError, match="trials are for family='binomial'"):
+        hc.Scenario(family="poisson", trials=5)
+    with pytest.raises(SpecError, match="exposure must be"):
+        hc.Scenario(family="poisson", exposure=(0, 3))
+
+
+def json_round_trip(d):
+    import json
+
+    return json.loads(json.dumps(d))

@@ -2,7 +2,8 @@
 
 Pairs are classed by what their backends estimate:
 
-* ``least_squares`` (ols, r_lm): the same design solved twice, so everything agrees to 1e-8 (relative).
+* ``least_squares`` (ols, r_lm; and glm, r_glm, the same dummy design for counts and proportions): the same
+  design solved twice, so everything agrees to 1e-8 (relative).
 * ``mixed`` (mixedlm, lme4, native): the same REML/ML criterion maximised by different code: fixed effects
   1e-4 relative, their SEs 1e-2 relative, SDs 1e-2 relative, correlations 1e-2 absolute, the log-likelihood
   1e-4 absolute, group deviations (BLUPs) within 1e-2 of that group term's SD (absolute tolerance
@@ -46,6 +47,7 @@ import pandas as pd
 from .results import KEY, RESIDUAL, Fit
 
 LEAST_SQUARES = frozenset({"ols", "r_lm"})
+GLM = frozenset({"glm", "r_glm"})  # IRLS to 1e-12 on both sides: compared as least_squares
 MIXED = frozenset({"mixedlm", "lme4", "native"})
 BAYES = frozenset({"pymc", "brms"})
 BAYES_SD_REL = 0.15
@@ -88,7 +90,7 @@ COLUMNS = ["backend_a", "backend_b", "pair", "effect", "group", "level", "term",
 
 
 def pair_class(a: str, b: str) -> str:
-    if {a, b} <= LEAST_SQUARES:
+    if {a, b} <= LEAST_SQUARES or {a, b} <= GLM:
         return "least_squares"
     if {a, b} <= MIXED:
         return "mixed"

@@ -262,6 +262,7 @@ def test_glm_equals_r_glm_to_1e8(family, formula, cbpp, mmmec, binary):
     b = hc.fit(data, formula, backend="r_glm", family=family)
     _same(a, b, 1e-8)
     assert a.converged and b.converged
+    assert set(hc.compare([a, b])["verdict"]) == {"agree"}  # compared as the least-squares pairs are, to 1e-8
     assert not any("numerically 0 or 1" in n for n in a.diagnostics["notes"])
 
 

@@ -342,17 +342,20 @@ class Fit:
         return out, {"examples": examples, "notes": notes}
 
     def predict(self, newdata: pd.DataFrame | None = None, type: str = "link",
-                allow_new_levels: bool | None = None) -> np.ndarray:
-        """Conditional predictions: fixed part (+ offset) plus every level's deviation (0 for labels unseen in
-        fitting), i.e. given the group effects.
+                allow_new_levels: bool | None = None, kind: str = "conditional") -> np.ndarray:
+        """Predictions: by default conditional ones, the fixed part (+ offset) plus every level's deviation (0 for
+        labels unseen in fitting), i.e. given the group effects.
 
         ``type``: ``'link'`` the linear predictor (with the formula's offsets, as lme4's predict);
         ``'response'`` the inverse link of it, as lme4/glm: the mean for gaussian, the probability per trial
         for binomial, the expected count (offset, i.e. exposure, included) for poisson and negbinomial;
         ``'count'`` the expected count of the response column: ``trials * p`` for binomial (trials read from
         ``newdata``'s cbind columns; 1 for a 0/1 response), as ``'response'`` otherwise.
-        Marginal predictions (integrating the inverse link over the group effects, as a new group's E[y]
-        needs) are not made here: :func:`inverse_link` and :meth:`decompose`'s parts are their inputs.
+        ``kind``: ``'conditional'`` (default, as above; for a new group the response at b = 0, which for a log
+        link is low by exp(v / 2)), ``'marginal'`` (the expected response, integrating the inverse link over the
+        effects of every level at which the row's group is new, b ~ N(0, Sigma) of the fit; seen groups keep
+        their estimates) or ``'population'`` (integrating over every level: a new group everywhere). See
+        :mod:`hiercompare.predictions`; :meth:`predict_interval` gives prediction intervals by simulation.
         ``allow_new_levels`` as in :meth:`decompose`: None warns about unseen group labels (counted per level),
         True accepts them silently, False refuses them with a DataError.
 
@@ -363,6 +366,11 @@ class Fit:
         """
         if type not in ("link", "response", "count"):
             raise ValueError("type must be 'link', 'response' or 'count'")
+        if kind != "conditional":
+            from . import predictions
+
+            return predictions.predict(self, newdata, type=type, kind=predictions.check_kind(kind),
+                                       allow_new_levels=allow_new_levels)
         parts, seen = self._decompose(newdata)
         check_unseen(parts.attrs["unseen"], parts.attrs["unseen_groups"], seen, allow_new_levels, "predict",
                      rows=len(parts), stacklevel=2)
@@ -374,6 +382,25 @@ class Fit:
             md = self._require_model()
             return mu * (md.trials if newdata is None else md.trials_for(newdata))
         return mu
+
+    def predict_interval(self, newdata: pd.DataFrame | None = None, type: str = "response",
+                         kind: str = "conditional", level: float = 0.95, nsim: int = 2000, seed: int | None = 0,
+                         allow_new_levels: bool | None = None) -> pd.DataFrame:
+        """Prediction intervals by simulation, one row per row of ``newdata`` (or of the fitted data): columns
+        ``estimate`` (:meth:`predict` of this ``kind``), ``mean``, ``sd``, ``lower``, ``upper``. Each draw takes
+        the integrated levels' effects from the fitted covariance (``kind`` as in :meth:`predict`), the seen
+        groups' deviations from N(estimate, SE^2) where the fit reports SEs, and the response from the family
+        (residual SD, binomial trials, NB size); fixed effects at their estimates
+        (:func:`hiercompare.predictions.prediction_interval`).
+
+        Examples
+        --------
+        >>> fit.predict_interval(newdata, kind="marginal", level=0.9)  # doctest: +SKIP
+        """
+        from . import predictions
+
+        return predictions.prediction_interval(self, newdata, type=type, kind=kind, level=level, nsim=nsim, seed=seed,
+                                               allow_new_levels=allow_new_levels)
 
     def _require_model(self) -> ModelData:
         if self.model is None:

@@ -182,6 +182,10 @@ def test_backend_variants_fit_one_backend_under_several_options(tmp_path):
     assert man["study"]["options"]["native:kr"] == {"df": "kenward-roger", "ran_pars_ci": "none"}
     assert set(man["backend_report"]) == set(st.backends) and man["backend_report"]["native:kr"]["available"]
     assert set(performance(res)["backend"]) == set(st.backends)
+    # the recorded coverage studies are written this way
+    rec = Study.from_toml(ROOT / "validation" / "seed_intervals.toml")
+    assert rec.backends == ("native:z", "native:satterthwaite", "native:kr") and rec.replications == 500
+    assert rec.options["native:kr"]["df"] == "kenward-roger"
 
 
 @pytest.mark.parametrize("backends, message", [

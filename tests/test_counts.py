@@ -14,6 +14,7 @@ origin in hiercompare/data/SOURCES.md). Tolerances:
 from __future__ import annotations
 
 import subprocess
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -439,3 +440,88 @@ def json_round_trip(d):
     import json
 
     return json.loads(json.dumps(d))
+
+
+# ---------------------------------------------------------------------------------------------------- pymc, brms
+@pytest.mark.parametrize("family, formula", [
+    ("binomial", CBPP),
+    ("negbinomial", "deaths ~ uvb + offset(log_expected) + (1 | nation) + (1 | nation:region)"),
+])
+def test_pymc_likelihood_uses_trials_offsets_and_theta(family, formula, cbpp, mmmec):
+    """The model's log-likelihood of y at its initial point (group effects 0, beta at the prior means, theta 1)
+    equals scipy's binomial with the rows' trials / NB2 with the offset (no sampling)."""
+    pytest.importorskip("pymc")
+    from scipy import stats
+
+    from hiercompare.backends import pymc as pymc_backend
+    from hiercompare.priors import resolve_priors
+
+    data = cbpp if family == "binomial" else mmmec
+    md = prepare(ModelSpec.from_formula(formula, family=family), data)
+    model, names = pymc_backend.build_model(md, resolve_priors(md, None), "rows")
+    point = model.initial_point()
+    beta = point["beta"]
+    eta = md.X @ beta + md.offset
+    if family == "binomial":
+        want = stats.binom.logpmf(md.y, md.trials, 1 / (1 + np.exp(-eta))).sum()
+    else:
+        assert names["theta"] == "theta"
+        theta = float(np.exp(point["theta_log__"]))
+        want = stats.nbinom.logpmf(md.y, theta, theta / (theta + np.exp(eta))).sum()
+    assert all(np.all(point[k] == 0) for k in point if k.startswith("z_"))
+    got = model.compile_logp(vars=[model["y"]], sum=True)(point)
+    assert got == pytest.approx(want, rel=1e-10)
+
+
+def test_brms_inputs_for_trials_offsets_and_negbinomial(cbpp, mmmec):
+    """What reaches brms (no sampling): y | trials() with the trials as data, offset() with its column, the shape
+    prior, the family names fit_brms.R switches on."""
+    from hiercompare.backends import brms as brms_backend
+
+    md = prepare(ModelSpec.from_formula(CBPP, family="binomial"), cbpp)
+    frame, names = brms_backend.brms_data(md)
+    assert brms_backend.brms_formula(md, names) == (
+        "incidence | trials(hc_d_trials) ~ 0 + Intercept + hc_d1 + hc_d2 + hc_d3 + (1 | herd)")
+    np.testing.assert_array_equal(frame["hc_d_trials"], cbpp["size"])
+    assert brms_backend.brms_family(md) == "binomial_trials"
+    md = prepare(ModelSpec.from_formula(MMMEC, family="negbinomial"), mmmec)
+    frame, names = brms_backend.brms_data(md)
+    assert brms_backend.brms_formula(md, names) == (
+        "deaths ~ 0 + Intercept + uvb + offset(log_expected) + (1 | nation) + (1 | nation:region)")
+    np.testing.assert_array_equal(frame["log_expected"], mmmec["log_expected"])
+    table = brms_backend.prior_table(md, brms_backend.resolve_priors(md, None), names)
+    assert table["class"] == ["b", "b", "sd", "shape"] and table["kind"][-1] == "gamma"
+    assert (table["p1"][-1], table["p2"][-1]) == (0.01, 0.01)
+    binary = cbpp.assign(any=(cbpp["incidence"] > 0).astype(int))
+    md = prepare(ModelSpec.from_formula("any ~ C(period) + (1 | herd)", family="binomial"), binary)
+    assert brms_backend.brms_family(md) == "binomial" and "hc_d_trials" not in brms_backend.brms_data(md)[0]
+
+
+def _near_lme4(bayes, freq, k=2.5):
+    """Every fixed effect, SD and theta of a Bayesian fit within k posterior SDs of lme4's estimate."""
+    a = bayes.tidy(["fixed", "ran_pars"]).set_index(["group", "term"])
+    b = freq.tidy(["fixed", "ran_pars"]).set_index(["group", "term"])
+    assert list(a.index) == list(b.index)
+    z = (a["estimate"] - b["estimate"]).abs() / a["std_error"]
+    assert (z < k).all(), z.to_dict()
+
+
+@pytest.mark.slow
+@pytest.mark.r
+def test_pymc_and_brms_fit_trials_offsets_and_negbinomial(cbpp, mmmec):
+    pytest.importorskip("pymc")
+    nb = "deaths ~ uvb + offset(log_expected) + (1 | nation)"
+    for data, formula, family in ((cbpp, CBPP, "binomial"), (mmmec, nb, "negbinomial")):
+        ref_fit = hc.fit(data, formula, backend="lme4", family=family)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", hc.ConvergenceWarning)  # short runs: the estimates are what is tested
+            p = hc.fit(data, formula, backend="pymc", family=family, draws=500, tune=500, seed=1)
+            b = hc.fit(data, formula, backend="brms", family=family, iter=500, warmup=500, seed=1)
+        for fit in (p, b):
+            _near_lme4(fit, ref_fit)
+            pp = fit.posterior_predictive(thin=5)
+            assert pp.shape[1] == len(data) and (pp >= 0).all()
+            assert abs(pp.mean() - data[fit.spec.response].mean()) < 0.1 * data[fit.spec.response].mean()
+            if family == "binomial":
+                assert (pp <= cbpp["size"].to_numpy()).all()
+            assert np.isfinite(fit.loo().elpd_loo)

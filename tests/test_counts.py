@@ -525,3 +525,23 @@ def test_pymc_and_brms_fit_trials_offsets_and_negbinomial(cbpp, mmmec):
             if family == "binomial":
                 assert (pp <= cbpp["size"].to_numpy()).all()
             assert np.isfinite(fit.loo().elpd_loo)
+
+
+def test_native_prior_weights_equal_weighted_lmer(mmmec):
+    """native with weights= (the LMM on rows scaled by sqrt(w), plus 0.5 sum(log w)) reproduces lmer's weighted
+    REML fit and lmerTest's df, without R."""
+    r = ref("mmmec_weighted_lmer")
+    fit = hc.fit(mmmec, "lsmr ~ uvb + (1 | nation) + (1 | nation:region)", backend="native", weights="expected",
+                 condvar="beta_fixed")
+    _check_mixed(fit, r, se_frac=1e-4, sd_rel=1e-4, df_tol=1e-4)
+    assert fit.loglik == pytest.approx(r[r.kind == "loglik"]["value"].iloc[0], abs=1e-6)
+    rv = fit.tidy("ran_vals")
+    mine = {f"{g}|{lev}": (e, s) for g, lev, e, s in zip(rv.group, rv.level, rv.estimate, rv.std_error)}
+    for kind, i in (("ranef", 0), ("ranef_sd", 1)):
+        rows = r[r.kind == kind]
+        close([mine[n][i] for n in rows["name"]], rows["value"], 1e-4)
+    unweighted = hc.fit(mmmec, "lsmr ~ uvb + (1 | nation) + (1 | nation:region)", backend="native")
+    ones = hc.fit(mmmec, "lsmr ~ uvb + (1 | nation) + (1 | nation:region)", backend="native",
+                  weights=np.ones(len(mmmec)))
+    close(ones.tidy()["estimate"], unweighted.tidy()["estimate"], 1e-10)
+    close(ones.loglik, unweighted.loglik, 1e-10)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import glmmcore, inference, mixedcore, profile
-from ..design import ModelData
+from ..design import ModelData, weighted_view
 from ..errors import ConvergenceWarning, SpecError
 from ..results import DISPERSION, RESIDUAL, THETA, Fit, cor_term, sd_term, tidy_frame, wald_interval
 from .base import Backend, reml_or_ml
@@ -34,7 +34,7 @@ from .base import Backend, reml_or_ml
 class NativeBackend(Backend):
     name = "native"
     families = ("gaussian", "binomial", "poisson", "negbinomial")
-    features = frozenset({"offset", "trials"})
+    features = frozenset({"offset", "trials", "weights"})  # weights: Gaussian prior weights (design.weighted_view)
     description = ("exact Gaussian LMM on sufficient statistics (mixedcore), nested levels, REML or ML; binomial, "
                    "poisson and negative binomial GLMMs by Laplace / adaptive Gauss-Hermite (glmmcore)")
 
@@ -65,12 +65,17 @@ class NativeBackend(Backend):
         if df == "kenward-roger" and method != "REML":
             raise SpecError("Kenward-Roger is for REML fits (as in lmerTest and pbkrtest); use method='REML' or "
                             "df='satterthwaite'")
-        core = mixedcore.from_model_data(md, offset=md.offset if getattr(md, "has_offset", False) else None)
+        if ran_pars_ci == "bootstrap" and md.weights is not None:
+            raise SpecError("ran_pars_ci='bootstrap' simulates without the prior weights; use 'profile'")
+        # prior weights: the LMM on rows scaled by sqrt(w), whose likelihood lacks only 0.5 * sum(log w)
+        gmd = weighted_view(md)
+        core = mixedcore.from_model_data(gmd, offset=gmd.offset if getattr(md, "has_offset", False) else None)
         res = core.fit(reml=method == "REML", condvar=condvar)
-        table, info = inference.fixed_effects(md, tidy_rows(md, res), df, reml=method == "REML", core=core,
+        loglik = res.loglik + (0.5 * float(np.log(md.weights).sum()) if md.weights is not None else 0.0)
+        table, info = inference.fixed_effects(gmd, tidy_rows(md, res), df, reml=method == "REML", core=core,
                                               theta=res.theta, sigma=res.sigma)
         out = Fit(
-            backend=self.name, spec=md.spec, table=table, model=md, loglik=res.loglik, method=method,
+            backend=self.name, spec=md.spec, table=table, model=md, loglik=loglik, method=method,
             nobs=md.n,
             diagnostics={"converged": res.converged, "singular": res.singular, "warnings": [],
                          "optimizer": res.optimizer, "deviance_evaluations": res.n_evals,

@@ -49,12 +49,29 @@ def backends(names: list[str] | None = None) -> dict[str, dict]:
         backend = getattr(importlib.import_module(module), cls)()
         ok, reason = backend.availability()
         out[name] = {"available": ok, "reason": reason, "description": backend.description,
-                     "families": list(backend.families)}
+                     "families": list(backend.families), "features": sorted(backend.features)}
     return out
+
+
+def feature_backends(feature: str) -> list[str]:
+    """The registered backends whose class lists ``feature`` (``"offset"``, ``"trials"``, ``"weights"``) in
+    :attr:`Backend.features`; the backends' heavy libraries are not imported (they load inside ``fit``)."""
+    out = []
+    for name, target in REGISTRY.items():
+        module, cls = target.split(":")
+        try:
+            if feature in getattr(importlib.import_module(module), cls).features:
+                out.append(name)
+        except Exception:  # pragma: no cover - a backend module that fails to import is not offered
+            continue
+    return out
+
+
+Backend.feature_backends = staticmethod(feature_backends)  # what Backend.check names in its refusals
 
 
 def available_backends() -> list[str]:
     return [n for n, info in backends().items() if info["available"]]
 
 
-__all__ = ["Backend", "REGISTRY", "get_backend", "backends", "available_backends"]
+__all__ = ["Backend", "REGISTRY", "get_backend", "backends", "available_backends", "feature_backends"]

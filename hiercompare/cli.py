@@ -8,6 +8,7 @@ import os
 import sys
 
 from .errors import HierCompareError
+from .spec import FAMILIES
 
 
 def _cmd_demo(args) -> int:
@@ -44,6 +45,15 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def _streamable(args) -> bool:
+    """Whether native can fit the file in batches: a Gaussian model without offset(), cbind() or weights (the
+    per-leaf sums carry none of them); otherwise the rows are read into memory."""
+    from .spec import ModelSpec
+
+    spec = ModelSpec.from_formula(args.formula, family=args.family or "gaussian")
+    return spec.family == "gaussian" and not spec.offsets and not spec.has_trials and args.weights is None
+
+
 def _cmd_fit(args) -> int:
     import pandas as pd
 
@@ -62,11 +72,13 @@ def _cmd_fit(args) -> int:
 
         data = dd.read_csv(args.data) if csv else dd.read_parquet(args.data, split_row_groups=True)
         options["scheduler"] = args.scheduler
-    elif args.backend == "native":  # read in batches: memory bounded by groups and columns, not rows
+    elif args.backend == "native" and _streamable(args):  # read in batches: memory bounded by groups, not rows
         data = args.data
         options["batch_rows"] = args.batch_rows
     else:
         data = pd.read_csv(args.data) if csv else pd.read_parquet(args.data)
+    if args.weights is not None:
+        options["weights"] = args.weights
     f = fit(data, args.formula, backend=args.backend, family=args.family, na_action=args.na_action,
             seed=args.seed, **options)
     text = f.to_json(args.out) if args.out else f.to_json()
@@ -165,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--formula", required=True)
     f.add_argument("--backend", required=True)
     f.add_argument("--method", choices=["reml", "ml", "REML", "ML"], default=None)
-    f.add_argument("--family", choices=["gaussian", "binomial", "poisson"], default=None)
+    f.add_argument("--family", choices=list(FAMILIES), default=None)
+    f.add_argument("--weights", default=None,
+                   help="a column of --data with Gaussian prior weights (lme4/lm semantics; lme4, native, ols, r_lm)")
     f.add_argument("--df", choices=["satterthwaite", "kenward-roger", "z"], default=None,
                    help="native, lme4, mixedlm: the fixed effects' t tests (default satterthwaite) or z")
     f.add_argument("--na-action", choices=["error", "drop"], default="error")
@@ -187,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--formula", action="append", default=None,
                    help="an lme4-style formula; repeat for more (default for a shipped data set: its two)")
     c.add_argument("--backends", default=None, help="comma-separated backends, or 'all' (default: all)")
-    c.add_argument("--family", choices=["gaussian", "binomial", "poisson"], default=None)
+    c.add_argument("--family", choices=list(FAMILIES), default=None)
     c.add_argument("--method", choices=["reml", "ml", "REML", "ML"], default="REML")
     c.add_argument("--out", default="compare_out", help="output folder; rerun into it to resume (default: compare_out)")
     c.add_argument("--cv", default="top",

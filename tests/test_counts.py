@@ -9,7 +9,8 @@ origin in hiercompare/data/SOURCES.md). Tolerances:
   its SE to 1e-8 (relative, absolute below 1); glm vs r_glm on the nested design to 1e-8; the negative binomial
   against ``MASS::glm.nb`` at its own defaults to 1e-6 (glm.nb stops theta at steps of 1.2e-4 of theta.ml).
 * lme4 (the backend) vs the best of lme4's optimizers: log-likelihood within 1e-6, fixed effects within 1e-3 of
-  their SE, SDs and theta within 1e-3 relative; for lmer (weights, offset) also lmerTest's Satterthwaite df to 1e-6.
+  their SE, SDs and theta within 1e-3 relative; for lmer (weights, offset) also lmerTest's Satterthwaite df to 1e-5
+  (native with weights: 1e-4).
 """
 from __future__ import annotations
 

@@ -564,6 +564,7 @@ class GlmmCore:
             size = max([float(np.abs(d).max()) for d in du] + [float(np.abs(dbeta).max()) if p else 0.0])
             scale = 1.0 + max([float(np.abs(x).max()) for x in u] + [float(np.abs(beta).max()) if p else 0.0])
             step = 1.0
+            stalled = False
             while True:
                 u_try = [a + step * d for a, d in zip(u, du)]
                 b_try = beta + step * dbeta
@@ -573,7 +574,12 @@ class GlmmCore:
                     break
                 step /= 2
                 if step < 1e-3:
+                    if size < 1e-5 * scale:  # a step this small changes the deviance below its rounding
+                        stalled = True
+                        break
                     raise np.linalg.LinAlgError("penalised IRLS: step halving did not lower the penalised deviance")
+            if stalled:
+                break
             change = pdev - pd_try
             u, beta, st, pdev = u_try, b_try, st_try, pd_try
             if step * size < tol * scale or (step == 1.0 and abs(change) < 1e-15 * (1 + abs(pdev))
@@ -715,6 +721,47 @@ class GlmmCore:
         D = self._solve_A(fac_o, rhs)
         state.phi = np.concatenate([theta, state.beta, [np.log(state.knb)] if self.fam == 2 else []])
         state.dudphi = [-x for x in D]
+
+    def set_offset(self, offset) -> None:
+        """Replace the known part of the linear predictor (``offset``, (n,) in the caller's row order): the
+        learners add their f(x) to the formula's offset. The last modes stay as the next start."""
+        self.off = np.ascontiguousarray(np.asarray(offset, dtype=float)[self.order])
+
+    def offset_gradient(self, state: PirlsState):
+        """The Laplace deviance's exact gradient with respect to every row's offset at ``state`` (the modes at
+        (theta, beta)), and the rows' Fisher weights, both (n,) in the caller's row order.
+
+        d/d offset_i = -2 s_i + h_i dw_i - o_i z_i' Lambda t: the score at the modes, the log-determinant's
+        direct dependence on the row's weight, and its dependence through the modes (docs/glmmcore.md, section
+        3); summed against X it is the fixed effects' gradient. The boosting and network learners fit f(x) to
+        it (working response f - g / (2 w), weight w): a Newton step on the approximate marginal likelihood."""
+        K = self.K
+        lam, fac = state.lam, state.fac
+        bpath = self._bpath(lam, state.u)
+        eta = self.off + np.einsum("nk,nk->n", self.ZX[:, :K], bpath[self.leaf]) + self.ZX[:, K:] @ state.beta
+        mu, s, w, o, dw, _ = _rows_numpy(self.fam, eta, self.y, self.m, state.knb)
+        V = self._path_cov(fac)[-1]
+        T = self._lam_path(lam)
+        HW, h = self._grad_pass(np.ascontiguousarray(dw), T @ V @ T.T, want_h=True)
+        v = [self._agg(li, HW[:, self.offs[li]:self.offs[li + 1]]) @ lam[li] for li in range(self.L)]
+        if self.fam == 2:
+            st = self._pass(state.beta, bpath, state.knb, want_o=True)
+            fac_o = self._factor(st.Co[:, :K, :K], lam)
+        else:
+            fac_o = fac
+        tz = self._upath(self._solve_A(fac_o, v)) @ T.T
+        g = -2.0 * s + h * dw - o * np.einsum("nk,nk->n", self.ZX[:, :K], tz[self.leaf])
+        out_g, out_w = np.empty(self.n), np.empty(self.n)
+        out_g[self.order], out_w[self.order] = g, w
+        return out_g, out_w
+
+    def modes(self, theta, beta, knb: float = 1.0, joint: bool = True) -> PirlsState:
+        """The conditional modes at theta (and, with ``joint``, beta moved to its joint mode with them, glmer's
+        nAGQ = 0 step; else at the given beta), warm-started from the last ones."""
+        lam = self.lambdas(theta)
+        state = self._pirls(lam, beta, knb, self._start_u(), joint=joint)
+        self._warm = state
+        return state
 
     def _digamma_sum(self, k: float) -> float:
         """sum_i psi(y_i + k) - psi(k), over the distinct counts."""

@@ -1,5 +1,14 @@
 """Shared machinery for learners with genuine random effects (GPBoost / LMMNN style).
 
+Binomial, poisson and negative binomial outcomes use :class:`GlmmRandomEffects` (:mod:`hiercompare.glmmcore`):
+f(x) enters the linear predictor, eta = offset + f(x) + X beta + Z b, and the learner's gradient is the exact
+gradient of glmer's Laplace-approximated marginal deviance with respect to f at the conditional modes
+(:meth:`hiercompare.glmmcore.GlmmCore.offset_gradient`), with the Fisher weights as its curvature: the learner
+fits the working response ``f - g / (2 w)`` with weights ``w``, a Newton step, as GPBoost does with its Laplace
+approximation. beta and the modes follow f every round (their joint mode at fixed theta), and theta, beta (and
+the negative binomial's size) are re-estimated by the Laplace likelihood every ``refit_every`` rounds and at the
+end. Both kinds of random effects answer :meth:`newton_target` (Gaussian: the conditional residual, weight 1).
+
 A learner supplies the population-level nonlinear part f(x) as an offset; :class:`RandomEffects` re-estimates
 the fixed linear terms, the variance components and the BLUPs with :mod:`hiercompare.mixedcore` on that
 offset. For the Gaussian marginal likelihood, profiled over beta, the gradient with respect to the offset is
@@ -18,10 +27,13 @@ from typing import Callable, TypeVar
 import numpy as np
 import pandas as pd
 
-from .. import mixedcore
+from .. import glmmcore, mixedcore
 from ..design import ModelData, prepare
 from ..errors import DataError, SpecError
 from .base import reml_or_ml
+
+#: the families the random-effects learners fit
+FAMILIES = ("gaussian", "binomial", "poisson", "negbinomial")
 
 T = TypeVar("T")
 
@@ -38,9 +50,13 @@ class RandomEffects:
         self.core = mixedcore.from_model_data(md)
         self.theta = self.core.theta0
         self.result: mixedcore.CoreResult | None = None
+        self.base = np.asarray(md.offset, dtype=float) if getattr(md, "offset", None) is not None else np.zeros(md.n)
 
-    def update(self, offset: np.ndarray, optimise: bool = True) -> mixedcore.CoreResult:
-        self.core.set_response(self.md.y, offset)
+    def update(self, offset: np.ndarray, optimise: bool = True, final: bool = False) -> mixedcore.CoreResult:
+        """Set f(x) = ``offset`` (the formula's offset is added) and re-estimate theta (``optimise``) or only beta
+        and the BLUPs at the current theta. ``final`` is the GLMM learners' (there: lme4's Hessian-based
+        covariance of the fixed effects); the Gaussian fit is the same either way."""
+        self.core.set_response(self.md.y, np.asarray(offset, dtype=float) + self.base)
         if optimise:
             self.result = self.core.fit(reml=self.reml, theta0=self.theta)
             self.theta = self.result.theta
@@ -57,8 +73,104 @@ class RandomEffects:
         return out
 
     def conditional_residual(self, offset: np.ndarray) -> np.ndarray:
-        """y - f - X beta_hat - Z b_hat: the negative gradient of the marginal NLL in f (times sigma^2)."""
-        return self.md.y - offset - self.linear_part()
+        """y - f - X beta_hat - Z b_hat (- the formula's offset): the negative gradient of the marginal NLL in f
+        (times sigma^2)."""
+        return self.md.y - offset - self.base - self.linear_part()
+
+    def newton_target(self, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(target, weight) such that 0.5 sum weight (target - f)^2 has f's gradient of the marginal NLL (times
+        sigma^2): the conditional residual's target y - X beta_hat - Z b_hat (- offset), weight 1."""
+        return self.md.y - self.base - self.linear_part(), np.ones(self.md.n)
+
+    def held_out_loss(self, eta: np.ndarray, y: np.ndarray, rows: np.ndarray | None = None) -> float:
+        """Mean squared error of held-out responses ``y`` at linear predictors ``eta``."""
+        return float(np.mean((y - eta) ** 2))
+
+
+class _Modes:
+    """beta and the conditional modes b at fixed theta (what the learners read between theta refits)."""
+
+    def __init__(self, beta, blups):
+        self.beta, self.blups = beta, blups
+
+
+class GlmmRandomEffects:
+    """glmmcore for one ModelData (binomial, poisson, negbinomial) with f(x) added to the formula's offset; theta,
+    beta and the NB size re-estimated (warm-started) when asked, beta and the modes following f otherwise."""
+
+    def __init__(self, md: ModelData, method: str = "ML"):
+        reml_or_ml(method)  # accepted for the learners' common signature; a GLMM is fitted by ML (Laplace)
+        if md.spec.family not in glmmcore.FAMILIES:
+            raise SpecError(f"GlmmRandomEffects fits {glmmcore.FAMILIES}, not {md.spec.family!r}")
+        self.md = md
+        self.core = glmmcore.from_model_data(md)
+        self.base = np.asarray(md.offset if md.offset is not None else np.zeros(md.n), dtype=float)
+        self.theta = self.core.theta0.copy()
+        self.beta: np.ndarray | None = None
+        self.knb: float | None = None
+        self.result: glmmcore.GlmmResult | None = None
+        self.state: glmmcore.PirlsState | None = None
+        self.modes: _Modes | None = None
+
+    def update(self, offset: np.ndarray, optimise: bool = True, final: bool = False):
+        """Set f(x) = ``offset``; re-estimate theta, beta (and k) with ``optimise``, else move beta and the modes
+        to their joint mode at the current theta. Returns the GlmmResult (``optimise``) or the modes' view.
+        Refits during training use the PWRSS covariance of beta; ``final`` computes lme4's Hessian-based one."""
+        self.core.set_offset(self.base + np.asarray(offset, dtype=float))
+        if optimise or self.result is None:
+            self.result = self.core.fit(theta0=self.theta, beta0=self.beta, nb_theta0=self.knb,
+                                        vcov="hessian" if final else "rx")
+            self.theta, self.beta, self.knb = self.result.theta, self.result.beta, self.result.nb_theta
+            self.state = self.core._warm
+            self.modes = _Modes(self.result.beta, self.result.blups)
+            return self.result
+        knb = self.knb if self.knb is not None else 1.0
+        self.state = self.core.modes(self.theta, self.beta, knb, joint=True)
+        self.beta = self.state.beta
+        lam = self.state.lam
+        self.modes = _Modes(self.beta, [u @ lm.T for u, lm in zip(self.state.u, lam)])
+        return self.modes
+
+    def linear_part(self, res=None) -> np.ndarray:
+        """X beta + Z b (no offset, no f) for the training rows."""
+        res = res or self.modes
+        out = self.md.X @ res.beta
+        for li, lv in enumerate(self.md.hierarchy.levels):
+            out = out + np.einsum("nk,nk->n", self.md.Z[lv.group], res.blups[li][lv.codes])
+        return out
+
+    def newton_target(self, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(f - g / (2 w), w): g the Laplace deviance's gradient in f at the current modes, w the Fisher weights;
+        0.5 sum w (target - f)^2 then has f's gradient g / 2 (the approximate marginal NLL's) and curvature w.
+
+        g is first cleared of its part along the fixed design (g - W X (X'WX)^-1 X'g, so X'g = 0): moving f along
+        X c is undone by beta - c, so that part belongs to beta, which follows f at its joint mode, not at the
+        Laplace optimum; left in, it is small but never zero, and Adam's normalised steps (and boosting rounds)
+        would drift f and beta along that direction without end."""
+        g, w = self.core.offset_gradient(self.state)
+        w = np.maximum(w, 1e-12)
+        X = self.md.X
+        if X.shape[1]:
+            g = g - w * (X @ np.linalg.solve(X.T @ (w[:, None] * X), X.T @ g))
+        return np.asarray(offset, dtype=float) - g / (2 * w), w
+
+    def held_out_loss(self, eta: np.ndarray, y: np.ndarray, rows: np.ndarray | None = None,
+                      trials: np.ndarray | None = None) -> float:
+        """Mean deviance (-2 log p per row, constants of y left out) of held-out responses at linear predictors
+        ``eta`` (their offsets included), given their groups' modes."""
+        m = np.ones(len(y)) if trials is None else np.asarray(trials, dtype=float)
+        knb = self.knb if self.knb is not None else 1.0
+        nll = glmmcore._rows_numpy(self.core.fam, np.asarray(eta, dtype=float), np.asarray(y, dtype=float), m,
+                                   knb)[5]
+        return float(np.mean(nll))
+
+
+def random_effects(md: ModelData, method: str = "REML"):
+    """The learners' random effects for ``md``'s family: :class:`RandomEffects` (gaussian, REML or ML) or
+    :class:`GlmmRandomEffects` (binomial, poisson, negbinomial; Laplace ML)."""
+    if md.spec.family == "gaussian":
+        return RandomEffects(md, method=method)
+    return GlmmRandomEffects(md, method=method)
 
 
 def group_aware_split(md: ModelData, fraction: float = 0.2, seed: int | None = 0) -> np.ndarray:

@@ -31,6 +31,11 @@ from . import learners
 from .base import Backend
 from .native import tidy_rows
 
+GLMM_NOTE = ("binomial / poisson / negbinomial: F(x) is part of the linear predictor; each round's gradient is the exact "
+             "gradient of glmer's Laplace-approximated marginal deviance in F at the conditional modes (glmmcore), "
+             "its curvature the Fisher weights (a Newton step, as GPBoost); theta, beta and the NB size are "
+             "re-estimated by the Laplace likelihood every refit_every rounds and at the end")
+
 BASELINE_CONVERGENCE_NOTE = ("converged: not assessed (a baseline: boosting rounds chosen by early stopping, no "
                              "optimiser with a convergence criterion)")
 
@@ -47,7 +52,10 @@ def _versions():
 
 class LightGBMBackend(Backend):
     name = "lightgbm"
-    description = "LightGBM f(x) + random effects with estimated variances (GPBoost-style, mixedcore)"
+    families = learners.FAMILIES
+    features = frozenset({"offset", "trials"})
+    description = ("LightGBM f(x) + random effects with estimated variances (GPBoost-style: mixedcore, or glmmcore's "
+                   "Laplace approximation for binomial, poisson and negbinomial)")
     requires = ("lightgbm",)
     install_hint = "pip install 'hiercompare[ml]' (or run `make install`)"
     takes_seed = True
@@ -66,7 +74,7 @@ class LightGBMBackend(Backend):
         def validate(valid):
             booster, _, curve[:] = _boost(learners.subset(md, ~valid), feats, lgb_params, max_rounds, method,
                                           refit_every, valid_data=md.data.loc[valid], valid_y=md.y[valid],
-                                          early_stopping=early_stopping)
+                                          early_stopping=early_stopping, valid_rows=valid, full=md)
             return booster.best_iteration or booster.current_iteration()
 
         (booster, re, _), rounds, skipped = learners.validate_then_refit(
@@ -74,20 +82,23 @@ class LightGBMBackend(Backend):
             lambda n: _boost(md, feats, lgb_params, n, method, refit_every))
         F = booster.predict(learners.feature_matrix(md, md.data, feats), num_iteration=rounds)
         centre = float(F.mean())
-        res = re.update(F - centre, optimise=True)
+        res = re.update(F - centre, optimise=True, final=True)
         nonlinear = BoostedF(md, booster, feats, rounds, centre)
+        gaussian = md.spec.family == "gaussian"
+        metric = "validation_rmse_best" if gaussian else "validation_deviance_best"
         return Fit(
             backend=self.name, spec=md.spec, table=tidy_rows(md, res), model=md, loglik=res.loglik,
-            method=method.upper(), nobs=md.n, nonlinear=nonlinear, raw=booster,
+            method=method.upper() if gaussian else "ML (Laplace)", nobs=md.n, nonlinear=nonlinear, raw=booster,
             diagnostics={
                 "converged": res.converged, "singular": res.singular, "warnings": [],
-                "rounds": int(rounds), "validation_rmse_best": min(curve) if curve else None,
+                "rounds": int(rounds), metric: min(curve) if curve else None,
                 "validation_curve_every_10": curve[::10], "features": list(feats),
-                "notes": ["logLik is the marginal likelihood conditional on the learned f(x)",
+                "notes": ["logLik is the marginal likelihood conditional on the learned f(x)"
+                          + ("" if gaussian else " (Laplace approximation, as glmer's)"),
                           "converged: the variance components' optimiser at the learned f(x) (boosting has no "
                           "convergence criterion: its rounds are chosen by early stopping)",
                           skipped or f"rounds chosen by early stopping on {validation_fraction:.0%} of every leaf "
-                                     "group's rows"],
+                                     "group's rows"] + ([] if gaussian else [GLMM_NOTE]),
             },
         )
 
@@ -96,18 +107,20 @@ class LightGBMBackend(Backend):
 
 
 def _boost(md: ModelData, feats, params, rounds, method, refit_every, valid_data=None, valid_y=None,
-           early_stopping=50):
+           early_stopping=50, valid_rows=None, full=None):
+    """Boost ``rounds`` rounds on ``md`` (``valid_*``: held-out rows of ``full``, the ModelData they come from,
+    scored every round for early stopping). Returns (booster, random effects, validation curve)."""
     import lightgbm as lgb
 
-    re = learners.RandomEffects(md, method=method)
+    re = learners.random_effects(md, method=method)
     re.update(np.zeros(md.n), optimise=True)
     state = {"round": 0}
 
     def objective(preds, _data):
         state["round"] += 1
         re.update(preds, optimise=state["round"] % refit_every == 0)
-        grad = -re.conditional_residual(preds)
-        return grad, np.ones_like(grad)
+        target, weight = re.newton_target(preds)
+        return weight * (preds - target), weight
 
     train = lgb.Dataset(learners.feature_matrix(md, md.data, feats), label=md.y, free_raw_data=False)
     curve: list[float] = []
@@ -123,16 +136,24 @@ def _boost(md: ModelData, feats, params, rounds, method, refit_every, valid_data
             codes.append(lv.codes_for(valid_data))
         vset = lgb.Dataset(learners.feature_matrix(md, valid_data, feats), label=valid_y, reference=train)
         valid_sets = [vset]
+        v_off = (full.offset[valid_rows] if full is not None and full.offset is not None
+                 else md.offset_for(valid_data))
+        v_trials = (full.trials[valid_rows] if full is not None and full.trials is not None
+                    else md.trials_for(valid_data))
+        gaussian = md.spec.family == "gaussian"
 
         def feval(preds, _data):
-            res = re.result
-            lin = Xv @ res.beta
+            res = re.result if gaussian else re.modes
+            lin = Xv @ res.beta + v_off
             for li in range(len(Zv)):
                 b = np.where((codes[li] >= 0)[:, None], res.blups[li][np.maximum(codes[li], 0)], 0.0)
                 lin = lin + np.einsum("nk,nk->n", Zv[li], b)
-            rmse = float(np.sqrt(np.mean((valid_y - preds - lin) ** 2)))
-            curve.append(rmse)
-            return "conditional_rmse", rmse, False
+            if gaussian:
+                value = float(np.sqrt(np.mean((valid_y - preds - lin) ** 2)))
+            else:
+                value = re.held_out_loss(preds + lin, valid_y, trials=v_trials)
+            curve.append(value)
+            return ("conditional_rmse" if gaussian else "conditional_deviance"), value, False
 
         callbacks = [lgb.early_stopping(early_stopping, verbose=False)]
     booster = lgb.train({**params, "objective": objective, "metric": "None"}, train, num_boost_round=rounds,

@@ -69,6 +69,17 @@ training rows); the empirical SD of the reported deviations per level is in
 ``diagnostics["deviation_sd"]``: a description of the point estimates, **not** an estimated variance
 component. Unseen groups get the population part.
 
+Binomial, poisson and negbinomial outcomes (``torch`` only)
+-----------------------------------------------------------
+f(x) enters the linear predictor, eta = offset + f(x) + X beta + Z b, and the model is glmer's GLMM
+(:mod:`hiercompare.glmmcore`). Every epoch the conditional modes and beta follow f at fixed theta (their joint
+mode); the step on f is one AdamW step on ``0.5 * mean(w * (target - f)^2)`` with the detached working response
+``target = f - g / (2 w)``, g the exact gradient of the Laplace-approximated marginal deviance in f at the modes
+and w the Fisher weights (:meth:`hiercompare.backends.learners.GlmmRandomEffects.newton_target`), so the loss's
+gradient in f is the approximate marginal NLL's (over n). theta, beta and the NB size are re-estimated by the
+Laplace likelihood every ``refit_every`` epochs; the validation metric is the held-out rows' mean deviance
+(-2 log p) given their groups' modes. The network's output is on the link scale (no response scaling).
+
 Both backends: full-batch training in float32 on CUDA when ``torch.cuda.is_available()``, else on the CPU
 (deterministic there for a given seed and thread count); ``seed`` (passed by ``hiercompare.fit(seed=...)``,
 None -> 0) seeds the network initialisation (``torch.manual_seed`` inside ``torch.random.fork_rng``, so the
@@ -88,7 +99,7 @@ from ..errors import DataError, SpecError
 from ..results import RESIDUAL, Fit, sd_term, tidy_frame
 from ..spec import INTERCEPT
 from .base import Backend, reml_or_ml
-from .learners import RandomEffects, default_features, feature_matrix, subset, validate_then_refit
+from .learners import FAMILIES, default_features, feature_matrix, random_effects, subset, validate_then_refit
 from .native import tidy_rows
 
 INSTALL_HINT = ("install PyTorch (CPU build: `pip install torch --index-url https://download.pytorch.org/whl/cpu`) "
@@ -143,7 +154,8 @@ def _features(md: ModelData, features) -> tuple[str, ...]:
     return feats
 
 
-def _check_common(md: ModelData, method, hidden, epochs, lr, weight_decay, validation_fraction) -> str:
+def _check_common(md: ModelData, method, hidden, epochs, lr, weight_decay, validation_fraction,
+                  families=("gaussian",)) -> str:
     method = reml_or_ml(method)
     if not all(int(h) >= 1 for h in hidden):
         raise SpecError(f"hidden must be a sequence of positive layer widths, got {hidden!r}")
@@ -153,8 +165,8 @@ def _check_common(md: ModelData, method, hidden, epochs, lr, weight_decay, valid
         raise SpecError("lr must be > 0 and weight_decay >= 0")
     if not (0 <= validation_fraction < 1):
         raise SpecError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
-    if md.spec.family != "gaussian":
-        raise SpecError("the torch backends fit the gaussian family only")
+    if md.spec.family not in families:
+        raise SpecError(f"this torch backend fits {list(families)}, not {md.spec.family!r}")
     return method
 
 
@@ -217,7 +229,8 @@ class NeuralF:
 # ---------------------------------------------------------------------------------------------- torch (LMMNN)
 class TorchBackend(Backend):
     name = "torch"
-    families = ("gaussian",)
+    families = FAMILIES
+    features = frozenset({"offset", "trials"})
     requires = ("torch",)
     install_hint = INSTALL_HINT
     takes_seed = True
@@ -242,7 +255,7 @@ class TorchBackend(Backend):
         ``orthogonalize`` (project f off the fixed design, else only centre it)."""
         if options:
             raise TypeError(f"unknown torch options {sorted(options)}")
-        method = _check_common(md, method, hidden, epochs, lr, weight_decay, validation_fraction)
+        method = _check_common(md, method, hidden, epochs, lr, weight_decay, validation_fraction, FAMILIES)
         if int(refit_every) < 1 or int(patience) < 1:
             raise SpecError("refit_every and patience must be >= 1")
         feats = _features(md, features)
@@ -257,7 +270,9 @@ class TorchBackend(Backend):
         def validate(mask):
             tr, va = np.flatnonzero(~mask), np.flatnonzero(mask)
             md_tr = subset(md, tr)  # DataError (e.g. a categorical level only in the validation rows): skipped
-            val = _ValidationSet(md_tr, md.data.loc[va].reset_index(drop=True), md.y[va], feats)
+            val = _ValidationSet(md_tr, md.data.loc[va].reset_index(drop=True), md.y[va], feats,
+                                 offset=md.offset[va] if md.offset is not None else None,
+                                 trials=md.trials[va] if md.trials is not None else None)
             with _seeded(seed_used):
                 curve[:] = _train_lmmnn(md_tr, feats, int(epochs), cfg, val=val)[2]
             return min(curve, key=lambda t: (t[1], t[0]))[0]
@@ -270,31 +285,40 @@ class TorchBackend(Backend):
                                                            validate, refit)
         notes += [skipped] if skipped else []
         notes.append(fn.center(bool(orthogonalize)))
-        res = re.update(fn(md.data), optimise=True)
+        res = re.update(fn(md.data), optimise=True, final=True)
+        gaussian = md.spec.family == "gaussian"
         stopped_early = bool(curve) and curve[-1][0] < int(epochs)
         diagnostics = {
             "converged": bool(res.converged), "singular": bool(res.singular), "warnings": [],
             "notes": notes + ["converged: the variance components' optimiser at the learned f(x) (training "
                               "itself stops by early stopping, not by a convergence criterion)"],
-            "loglik_note": "marginal log-likelihood at the final offset f(x), conditional on the learned f",
+            "loglik_note": "marginal log-likelihood at the final offset f(x), conditional on the learned f"
+                           + ("" if gaussian else " (Laplace approximation, as glmer's)"),
             "epochs_chosen": chosen, "epochs_max": int(epochs), "stopped_early": stopped_early,
             "validation": _curve_summary(curve, validation_fraction),
             "device": str(device), "seed_used": seed_used, "features": list(feats),
             "hidden": list(cfg["hidden"]), "theta": res.theta.tolist(),
             "optimizer": res.optimizer,
-            "training_rmse": float(np.sqrt(np.mean((md.y - fn(md.data) - re.linear_part(res)) ** 2))),
         }
+        eta = fn(md.data) + re.linear_part(res) + re.base
+        if gaussian:
+            diagnostics["training_rmse"] = float(np.sqrt(np.mean((md.y - eta) ** 2)))
+        else:
+            diagnostics["training_deviance"] = re.held_out_loss(eta, md.y, trials=md.trials)
         return Fit(backend=self.name, spec=md.spec, table=tidy_rows(md, res), model=md, loglik=res.loglik,
-                   method=method, nobs=md.n, diagnostics=diagnostics, raw=res, nonlinear=fn)
+                   method=method if gaussian else "ML (Laplace)", nobs=md.n, diagnostics=diagnostics, raw=res,
+                   nonlinear=fn)
 
 
 class _ValidationSet:
     """Held-out rows of known groups, with their design against the training ModelData."""
 
-    def __init__(self, md_tr: ModelData, data: pd.DataFrame, y: np.ndarray, feats):
+    def __init__(self, md_tr: ModelData, data: pd.DataFrame, y: np.ndarray, feats, offset=None, trials=None):
         self.F = feature_matrix(md_tr, data, feats)
         self.X = md_tr.fixed_matrix(data)
         self.y = y
+        self.offset = np.zeros(len(y)) if offset is None else np.asarray(offset, dtype=float)
+        self.trials = trials
         self.Z, self.codes = [], []
         for lv in md_tr.hierarchy.levels:
             codes = lv.codes_for(data)
@@ -304,7 +328,8 @@ class _ValidationSet:
             self.Z.append(md_tr.z_matrix(lv.group, data))
 
     def linear_part(self, res) -> np.ndarray:
-        out = self.X @ res.beta
+        """X beta + Z b + the formula's offset for the held-out rows."""
+        out = self.X @ res.beta + self.offset
         for li, (Z, codes) in enumerate(zip(self.Z, self.codes)):
             out = out + np.einsum("nk,nk->n", Z, res.blups[li][codes])
         return out
@@ -318,12 +343,13 @@ def _train_lmmnn(md: ModelData, feats, n_epochs: int, cfg: dict, val: _Validatio
     device = cfg["device"]
     F = feature_matrix(md, md.data, feats)
     scaler = _Scaler(F)
-    y_scale = float(np.std(md.y)) or 1.0
+    gaussian = md.spec.family == "gaussian"
+    y_scale = (float(np.std(md.y)) or 1.0) if gaussian else 1.0  # a GLMM's f is on the link scale
     net = _mlp(F.shape[1], cfg["hidden"], zero_last=True).to(device=device, dtype=torch.float32)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     Ft = torch.as_tensor(scaler(F), dtype=torch.float32, device=device)
     Fv = None if val is None else torch.as_tensor(scaler(val.F), dtype=torch.float32, device=device)
-    re = RandomEffects(md, method=cfg["method"])
+    re = random_effects(md, method=cfg["method"])
     y = md.y
     curve: list[tuple[int, float]] = []
     best, since = math.inf, 0
@@ -335,7 +361,10 @@ def _train_lmmnn(md: ModelData, feats, n_epochs: int, cfg: dict, val: _Validatio
         if val is not None and refit:
             with torch.no_grad():
                 gv = net(Fv)[:, 0].cpu().numpy().astype(np.float64) * y_scale
-            mse = float(np.mean((val.y - gv - val.linear_part(res)) ** 2))
+            if gaussian:
+                mse = float(np.mean((val.y - gv - val.linear_part(res)) ** 2))
+            else:
+                mse = re.held_out_loss(gv + val.linear_part(res), val.y, trials=val.trials)
             curve.append((ep, mse))
             if mse < best - 1e-12:
                 best, since = mse, 0
@@ -345,8 +374,10 @@ def _train_lmmnn(md: ModelData, feats, n_epochs: int, cfg: dict, val: _Validatio
                     break
         if ep == n_epochs:
             break
-        target = torch.as_tensor(y - re.linear_part(res), dtype=torch.float32, device=device)
-        loss = 0.5 * torch.mean((target - g) ** 2)
+        target, weight = re.newton_target(offset)
+        target = torch.as_tensor(target, dtype=torch.float32, device=device)
+        weight = torch.as_tensor(weight, dtype=torch.float32, device=device)
+        loss = 0.5 * torch.mean(weight * (target - g) ** 2)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import hiercompare as hc
@@ -231,3 +233,24 @@ def test_singular_fit_same_likelihood():
     assert row["explained"] and abs(row["evidence"]["delta_loglik_exact"]) <= diagnosis.DELTA_LOGLIK
     assert any("market:submarket sd__(Intercept)" in t for t in row["evidence"]["boundary_terms"])
     assert "unexplained" not in set(d.causes["cause"])
+
+
+@pytest.mark.r
+def test_glmm_engines_are_compared_on_their_reported_laplace_likelihoods():
+    """cbpp with trials: native's and lme4's GLMMs both maximise the Laplace likelihood (native says "ML (Laplace)",
+    lme4 "ML"): the likelihood table ranks them on the reported values; glm and r_glm are no pooling, never a
+    'different model'."""
+    from hiercompare.agreement import compare
+
+    d = pd.read_csv(Path(__file__).parent / "data" / "cbpp.csv")
+    f = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    fits = [hc.fit(d, f, family="binomial", backend=b) for b in ("native", "lme4", "glm", "r_glm")]
+    dg = diagnose(fits, compare(fits))
+    lik = dg.likelihood.set_index("backend")
+    assert lik.loc["native", "loglik_exact"] == fits[0].loglik and lik.loc["lme4", "loglik_exact"] == fits[1].loglik
+    best = max(fits[0].loglik, fits[1].loglik)
+    assert lik.loc[["native", "lme4"], "delta_to_best"].tolist() == [fits[0].loglik - best, fits[1].loglik - best]
+    assert lik.loc["glm", "verdict"] == "not_applicable"
+    causes = dg.causes
+    assert "different_model" not in set(causes["cause"])
+    assert set(causes[causes.pair.str.contains("glm")]["cause"]) <= {"pooling"}

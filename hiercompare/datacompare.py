@@ -819,6 +819,15 @@ def _model_comparison(rows, specs, fits, store: UnitStore, say, ml=None) -> dict
             out["information_criteria"] = information_criteria(ml)
             if len(ml) >= 2:
                 out["lrt"] = lrt_table(ml)
+    elif specs[0].family != "gaussian" and all(s.groups for s in specs):
+        # GLMMs: the fits themselves are ML (Laplace); native's, else lme4's, on every formula
+        for b in ("native", "lme4"):
+            ml = [fits[s.formula][b] for s in specs if b in fits[s.formula]]
+            if len(ml) == len(specs):
+                out["information_criteria"] = information_criteria(ml)
+                if len(ml) >= 2:
+                    out["lrt"] = lrt_table(ml)
+                break
     elif specs[0].family == "gaussian" and all(s.groups for s in specs):
         key = "ml_refits|native"
         ml = store.get(key) if store.has(key) else None

@@ -1,5 +1,6 @@
 """hiercompare compare / hc.compare_data on real data: outputs, resume, refusals, bad input, the browser."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -274,3 +275,19 @@ def test_fits_on_local_processes_and_on_dask_give_the_same_tables(tmp_path, past
         dask = compare_data(hc.datasets.path("pastes"), FORMULAS, scheduler=cluster.scheduler_address,
                             out=tmp_path / "dask", **kw)
     pd.testing.assert_frame_equal(dask.table("estimates")[cols], comp.table("estimates")[cols], rtol=1e-8)
+
+
+def test_glmm_formulas_are_compared_on_their_laplace_fits(tmp_path):
+    """Binomial with trials (lme4's cbpp): the model comparison uses the native GLMM fits themselves (ML,
+    Laplace): period's 3 dummies give an LRT with 3 df, and AIC counts 4 fixed effects + 1 SD."""
+    d = pd.read_csv(Path(__file__).parent / "data" / "cbpp.csv", dtype={"period": str, "herd": str})
+    fs = ["cbind(incidence, size - incidence) ~ period + (1 | herd)", "cbind(incidence, size - incidence) ~ 1 + (1 | herd)"]
+    comp = compare_data(d, fs, family="binomial", backends=["native", "glm"], cv=None, progress=lambda m: None)
+    ic = comp.table("information_criteria").set_index("n_params")
+    assert sorted(ic.index) == [2, 5]
+    native = {s: comp.fits[s]["native"] for s in comp.results["formulas"]}
+    big, small = (native[s] for s in comp.results["formulas"])
+    assert ic.loc[5, "AIC"] == pytest.approx(2 * 5 - 2 * big.loglik, rel=1e-12)
+    lrt = comp.table("lrt").iloc[0]
+    assert lrt["df"] == 3 and lrt["statistic"] == pytest.approx(2 * (big.loglik - small.loglik), rel=1e-10)
+    assert lrt["reference_distribution"] == "chi2(3)"

@@ -36,12 +36,16 @@ import pandas as pd
 from .errors import DataError, HierCompareError, SpecError
 from .spec import ModelSpec
 
-# Options for the samplers (recorded in each fit's provenance, shown in the report). Longer runs than the demo's
-# (brms 300 warmup + 800 draws at adapt_delta 0.8, pymc 500 + 500, tuned on the simulated default scenario): on
-# lme4's Oats (6 blocks) those missed the sampling rule (brms bulk ESS 319-399 with a divergence, pymc tail ESS
-# 222). Every fit's diagnostics still say whether its run was enough.
-DEFAULT_OPTIONS: dict[str, dict] = {"brms": {"iter": 1500, "warmup": 500, "adapt_delta": 0.95},
-                                    "pymc": {"sampler": "pymc", "tune": 1000, "draws": 1000}}
+# The samplers run short first, and longer only where the short run misses the sampling rule (R-hat <= 1.01, bulk
+# and tail ESS >= 400, no divergences): the short runs are the demo's (enough on the simulated default scenario,
+# 5,000 rows), the long ones what lme4's Oats (6 blocks) needed (there the short runs gave brms bulk ESS 319-399
+# with a divergence, pymc tail ESS 222). A user's own options for a sampler replace both stages. Every fit's
+# diagnostics still say whether its (last) run was enough, and its notes say when a first run was not.
+SAMPLER_STAGES: dict[str, tuple[dict, ...]] = {
+    "brms": ({"iter": 800, "warmup": 300, "adapt_delta": 0.8}, {"iter": 1500, "warmup": 500, "adapt_delta": 0.95}),
+    "pymc": ({"sampler": "pymc", "tune": 500, "draws": 500},
+             {"sampler": "pymc", "tune": 1000, "draws": 1000, "target_accept": 0.95}),
+}
 # backends that take method=REML/ML (Gaussian family)
 METHOD_BACKENDS = frozenset({"lme4", "mixedlm", "native", "lightgbm", "torch"})
 # backends whose likelihood enters the model comparison (ML refits)
@@ -261,10 +265,19 @@ def fit_unit(task: dict) -> dict:
     options = dict(task.get("options", {}))
     if name in METHOD_BACKENDS and spec.family == "gaussian":
         options.setdefault("method", task["method"])
+    stages = (options,) if options or name not in SAMPLER_STAGES else SAMPLER_STAGES[name]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # fit() records every warning in the Fit's diagnostics
-            f = fit(task["data"], spec, backend=name, seed=task.get("seed"), **options)
+        for k, stage in enumerate(stages):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # fit() records every warning in the Fit's diagnostics
+                f = fit(task["data"], spec, backend=name, seed=task.get("seed"), **stage)
+            if f.diagnostics.get("converged") is not False or k == len(stages) - 1:
+                break
+            first = (f"a first run with {stage} missed the sampling rule ("
+                     f"{'; '.join(f.diagnostics.get('warnings', [])[-1:]) or 'not converged'}); refitted with "
+                     f"{stages[k + 1]}")
+        if len(stages) > 1 and k > 0:
+            f.diagnostics.setdefault("notes", []).append(first)
     except SpecError as exc:  # what this backend cannot fit on this data (e.g. a learner without a numeric x)
         return {"status": "not applicable", "reason": str(exc), "seconds": time.perf_counter() - t0}
     except HierCompareError as exc:
@@ -485,7 +498,8 @@ def compare_data(
     na_action : {"error", "drop"}
         Rows missing a value in a used column are an error unless dropped; every formula uses the same rows.
     options : dict backend -> dict, optional
-        Backend options (default :data:`DEFAULT_OPTIONS` for pymc and brms).
+        Backend options. pymc and brms without options run :data:`SAMPLER_STAGES`: short, then longer only
+        where the short run misses the sampling rule.
     allfit : bool
         Where lme4 disagrees with another engine, refit it under every optimizer and show the spread.
     stream : bool
@@ -543,7 +557,7 @@ def compare_data(
     if bootstrap and fam != "gaussian":
         raise SpecError(f"the parametric bootstrap draws Gaussian responses from the reference fit; family {fam!r} "
                         "is not supported yet: leave --bootstrap out")
-    opts = {**DEFAULT_OPTIONS, **(options or {})}
+    opts = {b: dict(o) for b, o in (options or {}).items()}
     from .design import prepare
 
     if frame is not None:
@@ -559,7 +573,8 @@ def compare_data(
                   "rows": len(rows) if rows is not None else None,
                   "formulas": [s.formula for s in specs], "family": fam, "method": method, "backends": names,
                   "cv": levels, "cv_folds": int(cv_folds), "cv_backends": cv_names, "bootstrap": int(bootstrap),
-                  "seed": int(seed), "na_action": na_action, "options": opts, "allfit": bool(allfit)}
+                  "seed": int(seed), "na_action": na_action, "options": opts, "allfit": bool(allfit),
+                  "sampler_stages": SAMPLER_STAGES}
     if stream:
         definition.update(stream=True, subsample=int(subsample) if subsample else None,
                           source_fingerprint=source_fingerprint(data))
@@ -701,7 +716,8 @@ def compare_data(
 
             say(f"cross-validating ({cv_folds} folds, leaving out {lv}): {s.formula}")
             cvr = cross_validate(rows, s.formula, backends=cv_names, level=lv, k=int(cv_folds), seed=seed,
-                                 family=fam, options={b: opts.get(b, {}) for b in cv_names})
+                                 family=fam, options={b: opts.get(b) or dict(SAMPLER_STAGES.get(b, ({},))[0])
+                                                      for b in cv_names})
             res = {"folds": cvr.folds, "summary": cvr.summary}
             store.put(key, res)
         summ = res["summary"]  # the CV lists its opt-in backends as 'not run'; keep those the user asked for
@@ -722,7 +738,7 @@ def compare_data(
         from .bootstrap import bootstrap_design
 
         ok = [b for b in names if b in fits[specs[0].formula]]  # the backends that fit the user's data
-        boot_opts = {b: {**opts.get(b, {}), **({"method": method} if b in METHOD_BACKENDS and fam == "gaussian"
+        boot_opts = {b: {**(opts.get(b) or SAMPLER_STAGES.get(b, ({},))[0]), **({"method": method} if b in METHOD_BACKENDS and fam == "gaussian"
                                                 else {})} for b in ok}
         boot = bootstrap_design(rows, specs[0], ok, int(bootstrap), seed=seed, workers=workers,
                                 scheduler=scheduler, out=(out_dir / "bootstrap") if out_dir else None,
@@ -1028,4 +1044,4 @@ def _results(source, rows, specs, fits, tables, definition, names, cv_names, mod
 
 
 __all__ = ["compare_data", "DataComparison", "read_data", "clean_rows", "describe_columns", "describe_tree",
-           "fit_unit", "DEFAULT_OPTIONS", "DEFAULT_CV_BACKENDS"]
+           "fit_unit", "SAMPLER_STAGES", "DEFAULT_CV_BACKENDS"]

@@ -291,3 +291,31 @@ def test_glmm_formulas_are_compared_on_their_laplace_fits(tmp_path):
     lrt = comp.table("lrt").iloc[0]
     assert lrt["df"] == 3 and lrt["statistic"] == pytest.approx(2 * (big.loglik - small.loglik), rel=1e-10)
     assert lrt["reference_distribution"] == "chi2(3)"
+
+
+def test_samplers_run_short_first_and_longer_only_when_the_rule_fails(monkeypatch):
+    """fit_unit: pymc/brms without user options run SAMPLER_STAGES[0]; only a fit that misses the sampling rule
+    is refitted with the longer stage, and its notes say so; user options replace the stages."""
+    import types
+
+    import hiercompare.fitting as fitting
+    from hiercompare.datacompare import SAMPLER_STAGES, fit_unit
+
+    calls = []
+
+    def fake_fit(data, spec, backend, seed=None, **opts):
+        calls.append(opts)
+        ok = opts.get("tune") == 1000  # the short stage "misses the rule"
+        return types.SimpleNamespace(diagnostics={"converged": ok, "warnings": ["rule missed"] if not ok else [],
+                                                  "notes": []})
+
+    monkeypatch.setattr(fitting, "fit", fake_fit)
+    spec = hc.ModelSpec.from_formula(FORMULAS[0])
+    task = {"backend": "pymc", "spec": spec, "data": hc.datasets.load("pastes"), "method": "REML", "seed": 1,
+            "options": {}}
+    res = fit_unit(task)
+    assert calls == list(SAMPLER_STAGES["pymc"]) and res["status"] == "ok"
+    assert "missed the sampling rule" in res["fit"].diagnostics["notes"][0]
+    calls.clear()
+    fit_unit({**task, "options": {"tune": 1000, "draws": 200}})
+    assert calls == [{"tune": 1000, "draws": 200}]

@@ -267,6 +267,7 @@ class GlmmCore:
         self._layout_theta()
         self._all_extras = np.arange(self.p + 1)  # [x, working response]
         self._wr_only = np.array([self.p])  # the working response alone (beta held fixed)
+        self._newton_c = None  # PIRLS's quadratic-convergence constant, as last estimated
         self.n_evals = 0
         self.n_passes = 0
         self._warm = None  # the last PIRLS state: the next one starts from its modes
@@ -585,10 +586,16 @@ class GlmmCore:
             if step * size < tol * scale or (step == 1.0 and abs(change) < 1e-15 * (1 + abs(pdev))
                                              and size < 1e-7 * scale):
                 break
-            if self.fam != 2 and step == 1.0 and prev_size is not None and size < 1e-4 * scale:
-                # canonical link: Fisher scoring is Newton's method, whose next step is about c * size^2 with c
-                # estimated from the last two full steps; below the tolerance, the pass just made is at the mode
-                if size ** 3 / prev_size ** 2 < tol * scale:
+            if self.fam != 2 and step == 1.0 and size < 1e-4 * scale:
+                # canonical link: Fisher scoring is Newton's method, whose next step is about c * size^2, with c
+                # estimated from the last two full steps (or, with a margin of 100, from an earlier PIRLS); below
+                # the tolerance, the pass just made is at the mode
+                if prev_size is not None:
+                    c_est = size / prev_size ** 2
+                    self._newton_c = c_est if self._newton_c is None else max(c_est, 0.5 * self._newton_c)
+                    if c_est * size ** 2 < tol * scale:
+                        break
+                elif self._newton_c is not None and 100.0 * self._newton_c * size ** 2 < tol * scale:
                     break
             prev_size = size if step == 1.0 else None
         else:
@@ -835,6 +842,38 @@ class GlmmCore:
             prev = dev
         return beta
 
+    def _pql_start(self, beta, knb: float, iterations: int = 2):
+        """A starting (theta, beta): penalised quasi-likelihood, i.e. the Gaussian LMM of mixedcore on the per-leaf
+        Fisher-weighted sums of the working response, with the weights renewed at its BLUPs (``iterations``
+        times; one pass over the rows and one mixedcore fit on the sums each). theta is scaled by the LMM's sigma
+        (1 for these families, were PQL exact). Close to the Laplace optimum on the benchmark's tree, it saves
+        the optimiser most of its way from theta = 1. Falls back to theta = 1 where the LMM cannot be fitted."""
+        from .mixedcore import MixedCore
+
+        K, p = self.K, self.p
+        theta = np.zeros(len(self.theta_index))
+        u = self.zero_effects()
+        D = K + p + 1
+        try:
+            for _ in range(iterations):
+                lam = self.lambdas(theta)
+                st = self._pass(beta, self._bpath(lam, u), knb)
+                T = np.eye(D)
+                T[K:K + p, -1] = beta  # the LMM's response: the working response plus X beta
+                C = np.einsum("ba,gbc,cd->gad", T, st.C, T)
+                res = MixedCore.from_sums(self.levels, C, self.n).fit(reml=False)
+                if not (np.isfinite(res.loglik) and np.isfinite(res.sigma) and res.sigma > 0):
+                    raise ValueError("the working LMM has no finite optimum")
+                theta = np.asarray(res.theta, dtype=float) * res.sigma
+                beta = np.asarray(res.beta, dtype=float)
+                lam = self.lambdas(theta)
+                u = [b @ np.linalg.pinv(lm).T for b, lm in zip(res.blups, lam)]
+            diag = np.isfinite(self.lower)
+            theta = np.where(diag, np.maximum(theta, 1e-2 * max(1.0, float(np.abs(theta).max()))), theta)
+            return theta, beta, f"start: penalised quasi-likelihood ({iterations} working LMMs on the per-leaf sums)"
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+            return self.theta0.copy(), beta, f"start: theta = 1 (the working LMM failed: {exc})"
+
     def nb_start(self, beta) -> float:
         """A moment estimate of the negative binomial's size k at the GLM's means (clipped to [0.01, 1e4])."""
         X = self.ZX[:, self.K:]
@@ -879,6 +918,9 @@ class GlmmCore:
         if nb:
             knb = self.nb_start(beta) if nb_theta0 is None else float(nb_theta0)
             used.append(f"start: negative binomial size {knb:.6g} (moments at the GLM's means)")
+        if theta0 is None:
+            theta, beta, note = self._pql_start(beta, knb)
+            used.append(note)
         # the joint modes of (u, beta) at the starting theta: beta's start for the second stage
         st0 = self._pirls(self.lambdas(theta), beta, knb, None, joint=True)
         beta = st0.beta
@@ -893,7 +935,8 @@ class GlmmCore:
             return self.laplace_and_gradient(*self._split(phi))
 
         scale = self._scales(fg, x0, st0)
-        x, fx, ok = _minimize(fg, x0, lower, used, "Laplace", scale)
+        hess: dict = {}
+        x, fx, ok = _minimize(fg, x0, lower, used, "Laplace", scale, hess_out=hess)
         dev_laplace = fx
         if nAGQ > 1:
             x_l = x
@@ -907,10 +950,12 @@ class GlmmCore:
                 return f0, _central_gradient(fq, phi, lower)
 
             x, fx, ok = _minimize(fgq, x_l, lower, used, f"AGQ({nAGQ})", scale)
+            hess = {}
         theta, beta, knb = self._split(x)
         theta, fx = self._snap(theta, beta, knb, fx, nAGQ, used)
-        x = np.concatenate([theta, beta, [np.log(knb)] if nb else []])
-        return self._result(theta, beta, knb, fx, nAGQ, ok, used, condvar, vcov, dev_laplace)
+        if hess and not np.array_equal(np.concatenate([theta, beta, [np.log(knb)] if nb else []]), hess["x"]):
+            hess = {}  # snapped to the boundary: the polish's Hessian is not at the returned point
+        return self._result(theta, beta, knb, fx, nAGQ, ok, used, condvar, vcov, dev_laplace, hess)
 
     def _scales(self, fg, x0, st0) -> np.ndarray:
         """Parameter scales for the optimiser, about 1 / sqrt of the deviance's curvature at the start: beta's
@@ -982,7 +1027,8 @@ class GlmmCore:
         self._warm = st
         return self._result(th, st.beta, k, st.laplace, 0, ok, used, condvar, "rx", st.laplace)
 
-    def _result(self, theta, beta, knb, dev, nAGQ, ok, used, condvar, vcov, dev_laplace) -> GlmmResult:
+    def _result(self, theta, beta, knb, dev, nAGQ, ok, used, condvar, vcov, dev_laplace,
+                hess: dict | None = None) -> GlmmResult:
         lam = self.lambdas(theta)
         state = self._pirls(lam, beta, knb, self._start_u())
         self._warm = state
@@ -994,7 +1040,9 @@ class GlmmCore:
         vcov_beta, vcov_used = vcov_rx, "rx"
         if vcov == "hessian" and p:
             try:
-                H, free = self._hessian(theta, beta, knb, nAGQ)
+                H, free = self._polish_hessian(theta, hess) if hess else (None, None)
+                if H is None:
+                    H, free = self._hessian(theta, beta, knb, nAGQ)
                 Hinv = np.linalg.inv(H)
                 nfree_theta = int(free[:len(theta)].sum())
                 V = 2.0 * Hinv[nfree_theta:, nfree_theta:]
@@ -1037,6 +1085,21 @@ class GlmmCore:
             blup_cov=blup_cov, u=state.u, deviance=float(dev), loglik=-float(dev) / 2, converged=bool(ok),
             singular=singular, message=used[-1] if used else "", n_evals=self.n_evals, n_passes=self.n_passes,
             optimizer=list(used), vcov_method=vcov_used, vcov_rx=vcov_rx, condvar=condvar, notes=notes)
+
+    def _polish_hessian(self, theta, hess):
+        """The certifying Newton Hessian (x units) restricted to (theta, beta), when its free set is the one the
+        covariance needs (theta entries off their bound 0, every beta); else (None, None)."""
+        nth = len(theta)
+        want = np.ones(nth + self.p, dtype=bool)
+        want[:nth] = ~(np.isfinite(self.lower) & (theta <= 0))
+        idx = np.asarray(hess["idx"])
+        keep = idx < nth + self.p  # the NB size is held fixed, as glmer.nb's final fit does
+        have = np.zeros(nth + self.p, dtype=bool)
+        have[idx[keep]] = True
+        if not np.array_equal(have, want):
+            return None, None
+        H = hess["H"][np.ix_(keep, keep)]
+        return (H + H.T) / 2, want
 
     def _hessian(self, theta, beta, knb, nAGQ):
         """The deviance's Hessian in (theta, beta) at the optimum (lme4's; the NB size held fixed, as glmer.nb's
@@ -1108,11 +1171,12 @@ def _central_gradient(f, x, lower, rel: float = 1e-6):
     return g
 
 
-def _minimize(fg, x0, lower, used: list, label: str, scale=None):
+def _minimize(fg, x0, lower, used: list, label: str, scale=None, hess_out: dict | None = None):
     """L-BFGS-B with the gradient, then Newton steps on a Hessian differenced from the gradient (they polish the
     flat directions and certify the optimum); only where that certificate fails, L-BFGS-B again and, if that
     still moved the deviance, bounded Nelder-Mead and a last L-BFGS-B. The optimisers work on x / ``scale``.
-    Returns (x, f, converged)."""
+    Returns (x, f, converged); ``hess_out`` receives the certifying Newton Hessian in x's units (``H``, its free
+    parameters ``idx``, the point ``x``) when the polish certified the returned point."""
     scale = np.ones(len(x0)) if scale is None else np.asarray(scale, dtype=float)
     lower = np.asarray(lower, dtype=float) / scale
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
@@ -1144,11 +1208,15 @@ def _minimize(fg, x0, lower, used: list, label: str, scale=None):
 
     run_lbfgs()
     certified = False
+    polish: dict = {}
     if np.isfinite(best_f):
-        x, fx, certified, note = _newton_polish(fun, best_x, best_f, lower)
+        x, fx, certified, note = _newton_polish(fun, best_x, best_f, lower, hess_out=polish)
         used.append(f"{label} Newton: {note} (deviance {fx:.12g})")
         if fx <= best_f:
             best_x, best_f = x, fx
+        if hess_out is not None and certified and polish and np.array_equal(polish["x"], best_x):
+            s_ = scale[polish["idx"]]
+            hess_out.update(H=polish["H"] / np.outer(s_, s_), idx=polish["idx"], x=best_x * scale)
     if not certified:
         previous = best_f
         run_lbfgs()
@@ -1163,13 +1231,16 @@ def _minimize(fg, x0, lower, used: list, label: str, scale=None):
     return best_x * scale, best_f, bool((ok or certified) and np.isfinite(best_f))
 
 
-def _newton_polish(fun, x, fx, lower, max_iter: int = 6):
+def _newton_polish(fun, x, fx, lower, max_iter: int = 6, hess_out: dict | None = None):
     """Newton steps on the Hessian differenced (forward) from the gradient, over the free parameters (a bounded
     entry at its bound with the gradient pushing outward stays fixed). Certified when the Hessian on the free
-    set is positive definite and the Newton decrement is below max(1e-10, 1e-14 |f|)."""
+    set is positive definite and the Newton decrement is below max(1e-10, 1e-14 |f|). After a step the decrement
+    is first measured on the Hessian already made (the point moved by that step alone); a new one is differenced
+    only when that does not certify. ``hess_out`` receives the certifying Hessian, its free parameters, the point."""
     diag = np.isfinite(lower)
     x = np.asarray(x, dtype=float).copy()
     note = "no free parameters"
+    H = idx_H = None
     for it in range(max_iter):
         fcur, g = fun(x)
         if not np.isfinite(fcur):
@@ -1178,23 +1249,30 @@ def _newton_polish(fun, x, fx, lower, max_iter: int = 6):
         idx = np.flatnonzero(free)
         if idx.size == 0:
             return x, fcur, True, note
-        H = np.empty((idx.size, idx.size))
-        for a, i in enumerate(idx):
-            h = 1e-6 * max(abs(x[i]), 1e-1)
-            e = np.zeros_like(x)
-            e[i] = h
-            H[:, a] = (fun(x + e)[1][idx] - g[idx]) / h
-        H = (H + H.T) / 2
-        try:
-            Lh = np.linalg.cholesky(H)
-        except np.linalg.LinAlgError:
-            return x, fcur, False, f"Hessian not positive definite on the free set (iteration {it + 1})"
-        step = np.zeros_like(x)
-        step[idx] = -np.linalg.solve(Lh.T, np.linalg.solve(Lh, g[idx]))
-        decrement = -float(g[idx] @ step[idx]) / 2
-        note = f"decrement {decrement:.3g} after {it} step(s)"
-        if decrement < max(1e-10, 1e-14 * abs(fcur)):
-            return x, fcur, True, note
+        for fresh in ((False, True) if H is not None and np.array_equal(idx, idx_H) else (True,)):
+            if fresh:
+                H = np.empty((idx.size, idx.size))
+                for a, i in enumerate(idx):
+                    h = 1e-6 * max(abs(x[i]), 1e-1)
+                    e = np.zeros_like(x)
+                    e[i] = h
+                    H[:, a] = (fun(x + e)[1][idx] - g[idx]) / h
+                H = (H + H.T) / 2
+                idx_H = idx
+            try:
+                Lh = np.linalg.cholesky(H)
+            except np.linalg.LinAlgError:
+                if fresh:
+                    return x, fcur, False, f"Hessian not positive definite on the free set (iteration {it + 1})"
+                continue
+            step = np.zeros_like(x)
+            step[idx] = -np.linalg.solve(Lh.T, np.linalg.solve(Lh, g[idx]))
+            decrement = -float(g[idx] @ step[idx]) / 2
+            note = f"decrement {decrement:.3g} after {it} step(s)"
+            if decrement < max(1e-10, 1e-14 * abs(fcur)):
+                if hess_out is not None:
+                    hess_out.update(H=H, idx=idx, x=x.copy())
+                return x, fcur, True, note
         for _ in range(8):
             trial = np.where(diag, np.maximum(x + step, lower), x + step)
             ft = fun(trial)[0]

@@ -41,8 +41,10 @@ FAMILIES = ("binomial", "poisson", "negbinomial")
 FAMILY_CODE = {"binomial": 0, "poisson": 1, "negbinomial": 2}
 EPS = 2.220446049250313e-16
 #: "numba" (compiled passes over the rows, :mod:`hiercompare.glmmcore_jit`), "numpy", or "auto" (numba where
-#: installed); the environment variable ``HIERCOMPARE_GLMMCORE_ENGINE`` sets the default
+#: installed and the data have at least ``JIT_MIN_ROWS`` rows: below that the numpy passes cost less than
+#: importing numba); the environment variable ``HIERCOMPARE_GLMMCORE_ENGINE`` sets the default
 ENGINE = os.environ.get("HIERCOMPARE_GLMMCORE_ENGINE", "auto")
+JIT_MIN_ROWS = 20_000
 LBFGS_OPTIONS = dict(ftol=1e-12, gtol=1e-6, maxiter=3000, maxls=50)
 _JIT = None
 
@@ -303,7 +305,9 @@ class GlmmCore:
 
     def _use_jit(self) -> bool:
         engine = self.engine or ENGINE
-        if engine == "numpy":
+        if engine not in ("auto", "numba", "numpy"):
+            raise ValueError(f"glmmcore engine must be 'auto', 'numba' or 'numpy', got {engine!r}")
+        if engine == "numpy" or (engine == "auto" and self.n < JIT_MIN_ROWS):
             return False
         if _jit_module() is None:
             if engine == "numba":

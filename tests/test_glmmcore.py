@@ -128,7 +128,7 @@ def test_native_optimum_is_at_least_its_own_deviance_at_lme4s_estimates(case):
         dev = core.agq(np.array(theta), beta, info["nagq"], knb)
     else:
         dev = core.laplace(np.array(theta), beta, knb)
-    assert fit.loglik >= -dev / 2 - 1e-9
+    assert fit.loglik >= -dev / 2 - 1e-8  # the deviance's resolution (NB's PIRLS converges linearly)
     assert -dev / 2 == pytest.approx(ref_values(case, "loglik").iloc[0], abs=5e-6)
 
 

@@ -70,7 +70,7 @@ def level_covariance(fit, lv) -> np.ndarray:
 def _pieces(fit, newdata, kind: str, allow_new_levels):
     """(eta, v, parts, codes per level): the linear predictor to integrate around and the variance of the
     integrated levels' contribution, per row."""
-    from .results import check_unseen
+    from .schema import check_unseen
 
     parts, seen = fit._decompose(newdata)
     check_unseen(parts.attrs["unseen"], parts.attrs["unseen_groups"], seen, allow_new_levels, "predict",
@@ -98,7 +98,7 @@ def _pieces(fit, newdata, kind: str, allow_new_levels):
 
 def expected_response(family: str, eta, v) -> np.ndarray:
     """E[g^-1(eta + e)], e ~ N(0, v), per row: the identity, exp(eta + v/2), or Gauss-Hermite for the logit."""
-    from .results import inverse_link
+    from .schema import inverse_link
 
     eta = np.asarray(eta, dtype=float)
     v = np.clip(np.asarray(v, dtype=float), 0.0, None)
@@ -126,7 +126,7 @@ def predict(fit, newdata=None, type: str = "response", kind: str = "marginal", a
 
 
 def _residual_sd(fit) -> float | None:
-    from .results import RESIDUAL
+    from .schema import RESIDUAL
 
     t = fit.table
     r = t[(t["effect"] == "ran_pars") & (t["group"] == RESIDUAL) & (t["term"] == "sd__Observation")]
@@ -134,7 +134,7 @@ def _residual_sd(fit) -> float | None:
 
 
 def _nb_size(fit) -> float | None:
-    from .results import DISPERSION, THETA
+    from .schema import DISPERSION, THETA
 
     t = fit.table
     r = t[(t["effect"] == "ran_pars") & (t["group"] == DISPERSION) & (t["term"] == THETA)]
@@ -150,7 +150,7 @@ def prediction_interval(fit, newdata=None, type: str = "response", kind: str = "
     ``lower`` / ``upper``, their ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles. ``type``: "response"
     (binomial: the proportion of successes out of the row's trials) or "count" (binomial: the successes).
     """
-    from .results import inverse_link
+    from .schema import inverse_link
 
     check_kind(kind)
     if type not in ("response", "count"):

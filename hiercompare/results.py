@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import json
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,68 +29,19 @@ import numpy as np
 import pandas as pd
 
 from .design import ModelData
-from .errors import DataError, UnseenLevelsWarning
+from .errors import DataError
 from .hierarchy import column_kind, factor_labels
+from .schema import DISPERSION, RESIDUAL, THETA, check_unseen, inverse_link  # noqa: F401 (re-exported)
 from .spec import INTERCEPT, ModelSpec
 
 TIDY_COLUMNS = ["effect", "group", "level", "term", "estimate", "std_error", "conf_low", "conf_high", "df",
                 "p_value"]
 NUMERIC_COLUMNS = ["estimate", "std_error", "conf_low", "conf_high", "df", "p_value"]
 KEY = ["effect", "group", "level", "term"]
-RESIDUAL = "Residual"
-# the negative binomial's (NB2) dispersion: one ran_pars row, group DISPERSION, term THETA, var = mu + mu^2 / theta
-# (lme4's glmer.nb theta, brms's shape, PyMC's alpha); not under RESIDUAL, whose row is a residual SD
-DISPERSION = "Dispersion"
-THETA = "theta"
-
-
 def _dtype_notes(lv, data: pd.DataFrame) -> list[str]:
     """``"school is float64 here, int64 when fitting"`` for each grouping column whose kind changed."""
     return [f"{c.name} is {data[c.name].dtype} here, {c.dtype} when fitting" for c in lv.columns
             if column_kind(data[c.name]) != c.kind]
-
-
-def check_unseen(unseen: dict, groups: dict, seen: dict, allow_new_levels: bool | None, where: str,
-                 rows: int | None = None, stacklevel: int = 2) -> None:
-    """Warn about (None), accept (True) or refuse (False) rows whose group label was not seen in fitting.
-
-    ``unseen``: rows per level; ``groups``: distinct labels per level; ``seen``: ``{"examples": some labels
-    per level, "notes": per level, grouping columns whose dtype changed since fitting}``;
-    ``rows``: rows predicted; ``stacklevel``: the warning's, as seen from the function that calls this one.
-    """
-    if allow_new_levels not in (None, True, False):
-        raise ValueError(f"allow_new_levels must be True, False or None, got {allow_new_levels!r}")
-    bad = {g: n for g, n in unseen.items() if n}
-    if not bad or allow_new_levels is True:
-        return
-    of = f" of {rows}" if rows is not None else ""
-    examples, notes = seen.get("examples", {}), seen.get("notes", {})
-    text = "; ".join(
-        f"{n}{of} rows have a {g} not seen in fitting ({groups.get(g, '?')} label"
-        f"{'' if groups.get(g) == 1 else 's'}, e.g. {', '.join(repr(x) for x in examples.get(g, [])[:5])})"
-        + "".join(f" ({x})" for x in notes.get(g, []))
-        for g, n in bad.items())
-    if allow_new_levels is False:
-        raise DataError(f"{where}(): {text}; allow_new_levels=False refuses new groups. Check that the labels are "
-                        "the fitted groups' (same values, same coding), or pass allow_new_levels=True to predict "
-                        "them at the population level")
-    warnings.warn(f"{where}(): {text}; they get the population level (deviation 0) there. Pass "
-                  "allow_new_levels=True to accept new groups silently, or False to refuse them",
-                  UnseenLevelsWarning, stacklevel=stacklevel + 1)
-
-
-def inverse_link(family: str, eta):
-    """The mean on the response scale for a linear predictor ``eta``: identity (gaussian), logistic (binomial: the
-    probability per trial), exp (poisson, negbinomial). The one place the links live (predictions here, marginal
-    predictions and replicated data elsewhere)."""
-    eta = np.asarray(eta, dtype=float)
-    if family == "gaussian":
-        return eta
-    if family == "binomial":
-        return 0.5 * (1.0 + np.tanh(0.5 * eta))  # the logistic, without overflow for large |eta|
-    if family in ("poisson", "negbinomial"):
-        return np.exp(eta)
-    raise ValueError(f"no inverse link for family {family!r}")
 
 
 def tidy_frame(rows: list[dict]) -> pd.DataFrame:
@@ -500,4 +450,4 @@ def _json_default(o):
 
 
 __all__ = ["Fit", "Truth", "TIDY_COLUMNS", "NUMERIC_COLUMNS", "KEY", "RESIDUAL", "INTERCEPT", "tidy_frame", "sd_term", "cor_term",
-           "wald_interval", "normal_quantile", "convergence_text", "NOT_ASSESSED", "check_unseen"]
+           "wald_interval", "normal_quantile", "convergence_text", "NOT_ASSESSED", "check_unseen", "inverse_link", "DISPERSION", "THETA"]

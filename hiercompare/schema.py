@@ -1,0 +1,62 @@
+"""What results.py and predictions.py share, in a module that imports neither (no import cycle): the Fit
+schema's fixed group names, the inverse links, and the check of group labels unseen in fitting."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from .errors import DataError, UnseenLevelsWarning
+
+RESIDUAL = "Residual"
+# the negative binomial's (NB2) dispersion: one ran_pars row, group DISPERSION, term THETA, var = mu + mu^2 / theta
+# (lme4's glmer.nb theta, brms's shape, PyMC's alpha); not under RESIDUAL, whose row is a residual SD
+DISPERSION = "Dispersion"
+THETA = "theta"
+
+
+
+def check_unseen(unseen: dict, groups: dict, seen: dict, allow_new_levels: bool | None, where: str,
+                 rows: int | None = None, stacklevel: int = 2) -> None:
+    """Warn about (None), accept (True) or refuse (False) rows whose group label was not seen in fitting.
+
+    ``unseen``: rows per level; ``groups``: distinct labels per level; ``seen``: ``{"examples": some labels
+    per level, "notes": per level, grouping columns whose dtype changed since fitting}``;
+    ``rows``: rows predicted; ``stacklevel``: the warning's, as seen from the function that calls this one.
+    """
+    if allow_new_levels not in (None, True, False):
+        raise ValueError(f"allow_new_levels must be True, False or None, got {allow_new_levels!r}")
+    bad = {g: n for g, n in unseen.items() if n}
+    if not bad or allow_new_levels is True:
+        return
+    of = f" of {rows}" if rows is not None else ""
+    examples, notes = seen.get("examples", {}), seen.get("notes", {})
+    text = "; ".join(
+        f"{n}{of} rows have a {g} not seen in fitting ({groups.get(g, '?')} label"
+        f"{'' if groups.get(g) == 1 else 's'}, e.g. {', '.join(repr(x) for x in examples.get(g, [])[:5])})"
+        + "".join(f" ({x})" for x in notes.get(g, []))
+        for g, n in bad.items())
+    if allow_new_levels is False:
+        raise DataError(f"{where}(): {text}; allow_new_levels=False refuses new groups. Check that the labels are "
+                        "the fitted groups' (same values, same coding), or pass allow_new_levels=True to predict "
+                        "them at the population level")
+    warnings.warn(f"{where}(): {text}; they get the population level (deviation 0) there. Pass "
+                  "allow_new_levels=True to accept new groups silently, or False to refuse them",
+                  UnseenLevelsWarning, stacklevel=stacklevel + 1)
+
+
+def inverse_link(family: str, eta):
+    """The mean on the response scale for a linear predictor ``eta``: identity (gaussian), logistic (binomial: the
+    probability per trial), exp (poisson, negbinomial). The one place the links live (predictions here, marginal
+    predictions and replicated data elsewhere)."""
+    eta = np.asarray(eta, dtype=float)
+    if family == "gaussian":
+        return eta
+    if family == "binomial":
+        return 0.5 * (1.0 + np.tanh(0.5 * eta))  # the logistic, without overflow for large |eta|
+    if family in ("poisson", "negbinomial"):
+        return np.exp(eta)
+    raise ValueError(f"no inverse link for family {family!r}")
+
+
+__all__ = ["RESIDUAL", "DISPERSION", "THETA", "check_unseen", "inverse_link"]

@@ -75,6 +75,20 @@ def sd_rows(res: pd.DataFrame, be: str) -> dict:
     return out
 
 
+def reverse_percentile(boot: pd.DataFrame) -> pd.DataFrame:
+    """The bootstrap's ran_pars rows with the basic (reverse percentile) interval from the same two quantiles, on
+    the log scale for SDs (``est^2 / q97.5, est^2 / q2.5``) and the atanh scale for correlations: derived here,
+    not an option of the package (lme4's ``confint(boot.type = "basic")`` is the same on the raw scale)."""
+    out = boot[boot["effect"] == "ran_pars"].copy()
+    sd = out["term"].str.startswith("sd__").to_numpy()
+    e, lo, hi = (out[c].to_numpy(dtype=float) for c in ("estimate", "conf_low", "conf_high"))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        new_lo = np.where(sd, e ** 2 / hi, np.tanh(2 * np.arctanh(e) - np.arctanh(hi)))
+        new_hi = np.where(sd, e ** 2 / lo, np.tanh(2 * np.arctanh(e) - np.arctanh(lo)))
+    out["conf_low"], out["conf_high"] = new_lo, new_hi
+    return out.assign(backend="native:bootstrap-basic")
+
+
 def reml_profile(replications: int = 500, seed: int = 20240513) -> pd.DataFrame:
     """Profile intervals of the REML criterion on the studies' data sets (unit seeds of seed_intervals.toml)."""
     from hiercompare import mixedcore, profile
@@ -106,19 +120,19 @@ def sd_table(intervals: pd.DataFrame, boot: pd.DataFrame | None = None,
              reml: pd.DataFrame | None = None) -> pd.DataFrame:
     prof = sd_rows(intervals, "native:satterthwaite")
     bs = sd_rows(boot, "native:bootstrap") if boot is not None else {}
+    basic = sd_rows(reverse_percentile(boot), "native:bootstrap-basic") if boot is not None else {}
     rm = sd_rows(reml.assign(backend="reml", effect="ran_pars", scenario="seed", level="", std_error=np.nan,
                              realized=np.nan, converged=True, error=""), "reml") if reml is not None else {}
     rows = []
     for g, t, label in PARAMS:
         truth = float(intervals.loc[(intervals["group"] == g) & (intervals["term"] == t), "truth"].iloc[0])
-        row = {"parameter": f"{label}, truth {truth:g}"}
-        for name, tab in (("profile (ML, default)", prof), ("bootstrap", bs), ("profile (REML)", rm)):
+        for name, tab in (("profile, ML deviance (the default, as lme4)", prof), ("bootstrap, percentile", bs),
+                          ("bootstrap, reverse percentile (derived)", basic), ("profile, REML criterion", rm)):
             if (g, t) in tab:
                 c = tab[(g, t)]
-                row[f"{name}: coverage (MCSE)"] = c["cov"]
-                row[f"{name}: misses low / high"] = c["miss"]
-                row[f"{name}: median width"] = c["width"]
-        rows.append(row)
+                rows.append({"parameter": f"{label}, truth {truth:g}", "interval": name,
+                             "coverage (MCSE)": c["cov"], "misses low / high": c["miss"],
+                             "median width": c["width"], "n": c["n"]})
     return pd.DataFrame(rows)
 
 

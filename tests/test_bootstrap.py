@@ -74,3 +74,14 @@ def test_design_refuses_other_families(reference):
     sc["family"] = "poisson"
     with pytest.raises(hc.SpecError, match="Gaussian"):
         DesignScenario.from_dict(sc)
+
+
+def test_a_study_leaves_no_thread_behind(reference, tmp_path):
+    """tqdm's monitor thread outlived Study.run, and with a second thread alive brms's chains could no longer fork
+    in that process (test_brms failed after this module): the study's bar starts none."""
+    import threading
+
+    data, ref = reference
+    before = threading.active_count()
+    bootstrap_design(data, ref.spec, ["native"], 2, seed=1, out=tmp_path / "t", progress=lambda m: None)
+    assert threading.active_count() == before, [t.name for t in threading.enumerate()]

@@ -279,6 +279,9 @@ def _progress_bar(name: str, total: int, resumed: int, failures: int, enabled: b
     time and time left (tqdm's rate counts only the units run now, so a resumed run's estimate is right)."""
     from tqdm.auto import tqdm
 
+    # no monitor thread: it would outlive the study, and with a second thread alive brms's chains can no longer
+    # fork (rstan falls back to a socket cluster); our bars are updated at every unit anyway
+    tqdm.monitor_interval = 0
     extra = f" ({resumed} from an earlier run)" if resumed else ""
     return tqdm(total=total, initial=resumed, desc=f"study {name}{extra}", unit="unit", file=sys.stderr,
                 disable=not enabled, mininterval=1.0, dynamic_ncols=True, postfix=f"{failures} failed fits")

@@ -409,7 +409,7 @@ class GlmmCore:
         if extras is not None:
             cols = np.r_[np.arange(K), K + np.asarray(extras, dtype=int)]
             C = C[:, cols][:, :, cols]
-        G, D = C.shape[0], C.shape[1]
+        D = C.shape[1]
         Lt = self._lam_path(lam).T
         M = C.copy()
         M[:, :K, :] = np.einsum("ab,gbd->gad", Lt, C[:, :K, :])
@@ -548,7 +548,7 @@ class GlmmCore:
                maxit: int = 100) -> PirlsState:
         """The conditional modes u* at (theta, beta) (``joint``: the modes of u and beta together, lme4's
         nAGQ = 0), by Fisher scoring with step halving on the penalised deviance."""
-        p, K = self.p, self.K
+        p = self.p
         beta = np.asarray(beta, dtype=float).copy()
         u = [x.copy() for x in (u0 if u0 is not None else self.zero_effects())]
         passes0 = self.n_passes
@@ -711,7 +711,7 @@ class GlmmCore:
         """d u* / d phi = -A_o^-1 (d^2 f / du dphi) / 2 for every parameter (docs/glmmcore.md, section 3.3),
         stored on ``state`` for the next PIRLS's start. ``kZds``: per leaf k sum z ds/dk (NB2), else None."""
         K, p, L = self.K, self.p, self.L
-        lam, u = state.lam, state.u
+        lam = state.lam
         nth = len(self.theta_index)
         npar = nth + p + (kZds is not None)
         # per leaf, the K-vector of every parameter's right-hand side in z units: (G, K, npar)
@@ -929,7 +929,6 @@ class GlmmCore:
         st0 = self._pirls(self.lambdas(theta), beta, knb, None, joint=True)
         beta = st0.beta
         self._warm = st0
-        nth = len(self.theta_index)
         if nAGQ == 0:
             return self._fit_nagq0(theta, beta, knb, condvar, used)
         lower = np.concatenate([self.lower, np.full(self.p + nb, -np.inf)])

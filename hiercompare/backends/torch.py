@@ -350,7 +350,6 @@ def _train_lmmnn(md: ModelData, feats, n_epochs: int, cfg: dict, val: _Validatio
     Ft = torch.as_tensor(scaler(F), dtype=torch.float32, device=device)
     Fv = None if val is None else torch.as_tensor(scaler(val.F), dtype=torch.float32, device=device)
     re = random_effects(md, method=cfg["method"])
-    y = md.y
     curve: list[tuple[int, float]] = []
     best, since = math.inf, 0
     for ep in range(n_epochs + 1):

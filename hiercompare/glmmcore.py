@@ -35,7 +35,7 @@ import numpy as np
 from scipy import optimize, sparse
 from scipy.special import gammaln
 
-from .mixedcore import LevelLayout
+from .mixedcore import LevelLayout, lambdas_from, theta_layout
 
 try:  # BLAS on one thread while fitting (every matrix here is tiny): mixedcore's helper, where it has one
     from .mixedcore import _one_blas_thread
@@ -291,22 +291,10 @@ class GlmmCore:
             raise ValueError(f"{self.family}: counts must be non-negative")
 
     def _layout_theta(self) -> None:
-        idx, lower = [], []
-        for li, lv in enumerate(self.levels):
-            for block in lv.blocks:
-                for a in range(len(block)):
-                    for b in range(a + 1):
-                        idx.append((li, block[a], block[b]))
-                        lower.append(0.0 if a == b else -np.inf)
-        self.theta_index = idx
-        self.lower = np.array(lower)
-        self.theta0 = np.where(np.isfinite(self.lower), 1.0, 0.0)
+        self.theta_index, self.lower, self.theta0 = theta_layout(self.levels)
 
     def lambdas(self, theta) -> list[np.ndarray]:
-        lam = [np.zeros((k, k)) for k in self.k]
-        for t, (li, i, j) in zip(theta, self.theta_index):
-            lam[li][i, j] = t
-        return lam
+        return lambdas_from(theta, self.theta_index, self.k)
 
     def _use_jit(self) -> bool:
         engine = self.engine or ENGINE

@@ -106,6 +106,29 @@ def _use_jit(size: int, threshold: int, engine: str | None = None) -> bool:
     return True
 
 
+def theta_layout(levels) -> tuple[list, np.ndarray, np.ndarray]:
+    """theta's layout over the levels' covariance blocks: ``(index, lower, theta0)``, ``index`` the
+    ``(level, row, column)`` of each lower-triangular Cholesky entry, ``lower`` its bound (0 on the diagonal),
+    ``theta0`` the start (1 on the diagonal). Shared by mixedcore and glmmcore."""
+    idx, lower = [], []
+    for li, lv in enumerate(levels):
+        for block in lv.blocks:
+            for a in range(len(block)):
+                for b in range(a + 1):
+                    idx.append((li, block[a], block[b]))
+                    lower.append(0.0 if a == b else -np.inf)
+    lower = np.array(lower)
+    return idx, lower, np.where(np.isfinite(lower), 1.0, 0.0)
+
+
+def lambdas_from(theta, theta_index, k) -> list[np.ndarray]:
+    """Each level's relative Cholesky factor Lambda (k x k) from theta laid out by :func:`theta_layout`."""
+    lam = [np.zeros((kk, kk)) for kk in k]
+    for t, (li, i, j) in zip(theta, theta_index):
+        lam[li][i, j] = t
+    return lam
+
+
 # relative SDs (theta diagonals) probed off a boundary stop: see MixedCore._fit
 BOUNDARY_PROBES = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
@@ -287,22 +310,10 @@ class MixedCore:
 
     # ------------------------------------------------------------------ theta <-> Lambda
     def _layout_theta(self) -> None:
-        idx, lower = [], []
-        for li, lv in enumerate(self.levels):
-            for block in lv.blocks:
-                for a in range(len(block)):
-                    for b in range(a + 1):
-                        idx.append((li, block[a], block[b]))
-                        lower.append(0.0 if a == b else -np.inf)
-        self.theta_index = idx
-        self.lower = np.array(lower)
-        self.theta0 = np.where(np.isfinite(self.lower), 1.0, 0.0)
+        self.theta_index, self.lower, self.theta0 = theta_layout(self.levels)
 
     def lambdas(self, theta) -> list[np.ndarray]:
-        lam = [np.zeros((k, k)) for k in self.k]
-        for t, (li, i, j) in zip(theta, self.theta_index):
-            lam[li][i, j] = t
-        return lam
+        return lambdas_from(theta, self.theta_index, self.k)
 
     def _layout_leaf_first(self) -> None:
         """Index maps for the fast path (docs/mixedcore.md, section 9.1): the leaf-first column order

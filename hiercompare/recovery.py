@@ -5,7 +5,9 @@ the estimate, its interval, the generating value (``truth``), the value realised
 (``realized``: the SD or correlation of the group effects actually drawn, or the drawn effect itself),
 ``error = estimate - truth``, ``rel_error`` and ``covers`` (whether the 95% interval contains the truth;
 missing where the backend gives no interval). ``df`` is the fit's (:data:`hiercompare.results.TIDY_COLUMNS`):
-the t interval's df of a fixed effect, ``inf`` for a z interval.
+the t interval's df of a fixed effect, ``inf`` for a z interval; ``interval`` too (``"conditional_on_f"``: the
+learners' intervals that treat the learned f(x) as known; ``covers`` is computed for them all the same, and must be
+read with that label).
 
 Note on ``ols``: its group deviations are sum-to-zero contrasts, so they estimate each group's effect minus
 the mean of its siblings' drawn effects, and its intercept absorbs the mean of the drawn market effects.
@@ -17,7 +19,7 @@ import pandas as pd
 
 from .results import KEY, Fit, Truth
 
-COLUMNS = KEY + ["backend", "estimate", "std_error", "conf_low", "conf_high", "df", "truth", "realized", "error",
+COLUMNS = KEY + ["backend", "estimate", "std_error", "conf_low", "conf_high", "df", "interval", "truth", "realized", "error",
                  "rel_error", "covers"]
 
 

@@ -1,20 +1,29 @@
 """The Fit schema: one tidy frame in broom.mixed's layout (snake_case), shared by every backend and by Truth.
 
 Columns of ``Fit.tidy()``: ``effect`` (fixed | ran_pars | ran_vals), ``group``, ``level``, ``term``,
-``estimate``, ``std_error``, ``conf_low``, ``conf_high``, ``df``, ``p_value``, ``backend``.
+``estimate``, ``std_error``, ``conf_low``, ``conf_high``, ``df``, ``p_value``, ``interval``, ``backend``.
 
 * fixed: ``term`` is the coefficient name; ``group`` and ``level`` are empty. ``df`` says what the interval and
   ``p_value`` (two-sided, of estimate = 0) are based on: a finite number is the t distribution's df
   (Satterthwaite or Kenward-Roger for the Gaussian mixed engines native, lme4 and mixedlm, see
   :mod:`hiercompare.inference`; the residual df for ols and r_lm), ``inf`` the normal (z: ``df="z"``, or a
   binomial / poisson lme4 fit; JSON, which has no infinity, writes it as null), NaN that the backend states
-  none (its interval, if any, is its own: posterior intervals, the learners' Wald intervals).
+  none (its interval, if any, is its own: posterior intervals, the learners' intervals, which ``interval``
+  labels).
 * ran_pars: ``group`` is the grouping factor as written (``market``, ``market:submarket``), ``term`` is
   ``sd__(Intercept)``, ``sd__x1``, ``cor__(Intercept).x1``; the residual SD is group ``Residual``,
   term ``sd__Observation``.
 * ran_vals: one row per group label and term: the group's deviation.
 
 ``df`` and ``p_value`` are NaN on ran_pars and ran_vals rows.
+
+``interval`` (text, every row) says what the row's ``std_error``, ``conf_low`` and ``conf_high`` are conditional
+on: empty for the backend's own inference (described by ``df`` and the backend's docs), ``"conditional_on_f"``
+(:data:`~hiercompare.schema.INTERVAL_CONDITIONAL`) for the learners' intervals computed as if their learned
+f(x) were known (too narrow: f's estimation is left out; never to be read or pooled as ordinary intervals),
+``"cluster_bootstrap"`` (:data:`~hiercompare.schema.INTERVAL_BOOTSTRAP`) for the learners' bootstrap over the
+top-level groups. A per-row column rather than a Fit attribute, because it has to travel with the rows into
+recovery tables, study results and the performance / coverage tables, where rows of many fits are pooled.
 
 ``fixef``, ``varcorr`` and ``ranef`` are views of that one frame, never a second computation.
 """
@@ -31,11 +40,12 @@ import pandas as pd
 from .design import ModelData
 from .errors import DataError
 from .hierarchy import column_kind, factor_labels
-from .schema import DISPERSION, RESIDUAL, THETA, check_unseen, inverse_link  # noqa: F401 (re-exported)
+from .schema import (DISPERSION, INTERVAL_BOOTSTRAP, INTERVAL_CONDITIONAL, INTERVAL_ORDINARY,  # noqa: F401
+                     RESIDUAL, THETA, check_unseen, inverse_link)  # (re-exported)
 from .spec import INTERCEPT, ModelSpec
 
 TIDY_COLUMNS = ["effect", "group", "level", "term", "estimate", "std_error", "conf_low", "conf_high", "df",
-                "p_value"]
+                "p_value", "interval"]
 NUMERIC_COLUMNS = ["estimate", "std_error", "conf_low", "conf_high", "df", "p_value"]
 KEY = ["effect", "group", "level", "term"]
 def _dtype_notes(lv, data: pd.DataFrame) -> list[str]:
@@ -47,7 +57,7 @@ def _dtype_notes(lv, data: pd.DataFrame) -> list[str]:
 def tidy_frame(rows: list[dict]) -> pd.DataFrame:
     """Rows (dicts with any subset of TIDY_COLUMNS) -> a frame with every column, in order."""
     df = pd.DataFrame(rows, columns=TIDY_COLUMNS)
-    for c in ("group", "level"):
+    for c in ("group", "level", "interval"):
         df[c] = df[c].fillna("").astype(object)
     for c in NUMERIC_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
@@ -153,6 +163,8 @@ class Fit:
         if names not in ("python", "r"):
             raise ValueError(f"names must be 'python' or 'r', got {names!r}")
         df = self.table.copy()
+        if "interval" not in df:  # a table built without tidy_frame (or loaded from before the column existed)
+            df["interval"] = INTERVAL_ORDINARY
         if effects is not None:
             effects = [effects] if isinstance(effects, str) else list(effects)
             df = df[df["effect"].isin(effects)]

@@ -14,6 +14,16 @@ RESIDUAL = "Residual"
 DISPERSION = "Dispersion"
 THETA = "theta"
 
+# The tidy frame's ``interval`` column: what a row's std_error / conf_low / conf_high are conditional on.
+# "" -- the backend's own inference, as its docs and the ``df`` column describe (Wald z or t, profile, posterior).
+# INTERVAL_CONDITIONAL -- the learners' (lightgbm, torch) Wald / BLUP intervals computed as if the learned f(x)
+#   were known: they leave f's estimation out, are too narrow, and are never to be read as ordinary intervals.
+# INTERVAL_BOOTSTRAP -- the learners' cluster bootstrap (top-level groups resampled, the whole learner refitted).
+INTERVAL_ORDINARY = ""
+INTERVAL_CONDITIONAL = "conditional_on_f"
+INTERVAL_BOOTSTRAP = "cluster_bootstrap"
+INTERVAL_KINDS = (INTERVAL_ORDINARY, INTERVAL_CONDITIONAL, INTERVAL_BOOTSTRAP)
+
 
 
 def check_unseen(unseen: dict, groups: dict, seen: dict, allow_new_levels: bool | None, where: str,
@@ -59,4 +69,5 @@ def inverse_link(family: str, eta):
     raise ValueError(f"no inverse link for family {family!r}")
 
 
-__all__ = ["RESIDUAL", "DISPERSION", "THETA", "check_unseen", "inverse_link"]
+__all__ = ["RESIDUAL", "DISPERSION", "THETA", "INTERVAL_ORDINARY", "INTERVAL_CONDITIONAL", "INTERVAL_BOOTSTRAP",
+           "INTERVAL_KINDS", "check_unseen", "inverse_link"]

@@ -80,7 +80,8 @@ def test_predict_unseen_groups_is_population_level(ols_fit, seed_data):
 def test_tidy_schema(ols_fit):
     t = ols_fit.tidy()
     assert list(t.columns) == ["effect", "group", "level", "term", "estimate", "std_error", "conf_low",
-                               "conf_high", "df", "p_value", "backend"]
+                               "conf_high", "df", "p_value", "interval", "backend"]
+    assert set(t["interval"]) == {""}  # ols's intervals are its own (t with the residual df), not conditional
     assert set(t["effect"]) == {"fixed", "ran_vals", "ran_pars"}
     fx = t[t["effect"] == "fixed"]
     assert (fx["conf_low"] < fx["estimate"]).all() and (fx["estimate"] < fx["conf_high"]).all()

@@ -22,11 +22,11 @@ from ..errors import StudyError
 from ..provenance import git_commit, now, package_versions
 
 RESULT_COLUMNS = ["scenario", "replication", "backend", "effect", "group", "level", "term", "estimate",
-                  "std_error", "conf_low", "conf_high", "df", "p_value", "truth", "realized", "converged", "warnings",
+                  "std_error", "conf_low", "conf_high", "df", "p_value", "interval", "truth", "realized", "converged", "warnings",
                   "seconds", "seed", "error"]
 SORT = ["scenario", "replication", "backend", "effect", "group", "level", "term"]
-_STRING = ["scenario", "backend", "effect", "group", "level", "term", "warnings", "error"]
-_FLOAT = ["estimate", "std_error", "conf_low", "conf_high", "df", "p_value", "truth", "realized", "seconds"]
+_STRING = ["scenario", "backend", "effect", "group", "level", "term", "interval", "warnings", "error"]
+_FLOAT = ["estimate", "std_error", "conf_low", "conf_high", "df", "p_value", "interval", "truth", "realized", "seconds"]
 _INT = ["replication", "seed"]
 PART = re.compile(r"^s(\d{5})-r(\d{7})\.parquet$")
 
@@ -38,7 +38,10 @@ def empty_rows(n: int = 0) -> pd.DataFrame:
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
     """Columns in :data:`RESULT_COLUMNS` order with fixed dtypes (strings, float64, int64; ``converged`` as
     pandas' nullable boolean: missing where the backend does not assess convergence). A column missing from
-    ``df`` (``df`` and ``p_value`` in a study written before they existed) is added, empty (NaN)."""
+    ``df`` (``df`` and ``p_value`` in a study written before they existed) is added, empty (NaN; ``interval``:
+    empty text, the backend's own intervals, which is what every study before that column held except the
+    learners', whose intervals were conditional on f(x): :func:`hiercompare.performance.performance` labels
+    those by backend)."""
     out = df.reindex(columns=RESULT_COLUMNS).copy()
     for c in _STRING:
         out[c] = out[c].fillna("").astype(str).astype(object)

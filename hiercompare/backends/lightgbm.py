@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..design import ModelData
 from ..results import RESIDUAL, Fit, sd_term, tidy_frame
+from ..spec import INTERCEPT
 from . import learners
 from .base import Backend
 from .native import tidy_rows
@@ -63,9 +64,18 @@ class LightGBMBackend(Backend):
 
     def fit(self, md: ModelData, method: str = "REML", max_rounds: int = 1000, early_stopping: int = 50,
             refit_every: int = 10, validation_fraction: float = 0.2, features: tuple[str, ...] | None = None,
-            seed: int | None = None, params: dict | None = None, **options) -> Fit:
+            seed: int | None = None, params: dict | None = None, orthogonalize: bool = True,
+            intervals: str = "conditional", bootstrap_draws: int = 200, **options) -> Fit:
+        """Options: ``max_rounds``, ``early_stopping``, ``refit_every``, ``validation_fraction`` (0: boost
+        ``max_rounds`` rounds), ``features``, ``seed``, ``params`` (LightGBM's); ``orthogonalize`` (project the
+        learned F off the fixed design on the fitting rows, as ``torch`` does, so beta is the best linear population
+        term and f the nonlinear remainder; False: only centre F); ``intervals``: ``"conditional"`` (Wald / BLUP
+        intervals treating F as known, labelled ``conditional_on_f``), ``"bootstrap"`` (cluster bootstrap over the
+        top-level groups, ``bootstrap_draws`` refits), ``"none"`` (no SEs or intervals); see
+        :func:`hiercompare.backends.learners.finish_table`."""
         if options:
             raise TypeError(f"unknown lightgbm options {sorted(options)}")
+        intervals = learners.check_intervals(intervals, bootstrap_draws)
         seed = 0 if seed is None else int(seed)
         feats = tuple(features) if features else learners.default_features(md)
         lgb_params = {**DEFAULT_PARAMS, **(params or {}), "seed": seed}
@@ -80,20 +90,28 @@ class LightGBMBackend(Backend):
         (booster, re, _), rounds, skipped = learners.validate_then_refit(
             md, validation_fraction, seed, max_rounds, "rounds", validate,
             lambda n: _boost(md, feats, lgb_params, n, method, refit_every))
-        F = booster.predict(learners.feature_matrix(md, md.data, feats), num_iteration=rounds)
-        centre = float(F.mean())
-        res = re.update(F - centre, optimise=True, final=True)
-        nonlinear = BoostedF(md, booster, feats, rounds, centre)
+        nonlinear = BoostedF(md, booster, feats, rounds)
+        projection = nonlinear.center(bool(orthogonalize))
+        res = re.update(nonlinear(md.data), optimise=True, final=True)
         gaussian = md.spec.family == "gaussian"
         metric = "validation_rmse_best" if gaussian else "validation_deviance_best"
+
+        def refit(md_b, seed_b):  # the bootstrap's refit: same options, the rounds chosen here, no validation
+            return self.fit(md_b, method=method, max_rounds=rounds, early_stopping=early_stopping,
+                            refit_every=refit_every, validation_fraction=0.0, features=feats, seed=seed_b,
+                            params=params, orthogonalize=orthogonalize, intervals="none").table
+
+        table, interval_notes, interval_diag, extras = learners.finish_table(tidy_rows(md, res), intervals, md, refit,
+                                                                     bootstrap_draws, seed)
         return Fit(
-            backend=self.name, spec=md.spec, table=tidy_rows(md, res), model=md, loglik=res.loglik,
+            backend=self.name, spec=md.spec, table=table, model=md, loglik=res.loglik,
             method=method.upper() if gaussian else "ML (Laplace)", nobs=md.n, nonlinear=nonlinear, raw=booster,
+            extras=extras,
             diagnostics={
                 "converged": res.converged, "singular": res.singular, "warnings": [],
                 "rounds": int(rounds), metric: min(curve) if curve else None,
-                "validation_curve_every_10": curve[::10], "features": list(feats),
-                "notes": ["logLik is the marginal likelihood conditional on the learned f(x)"
+                "validation_curve_every_10": curve[::10], "features": list(feats), **interval_diag,
+                "notes": interval_notes + [projection, "logLik is the marginal likelihood conditional on the learned f(x)"
                           + ("" if gaussian else " (Laplace approximation, as glmer's)"),
                           "converged: the variance components' optimiser at the learned f(x) (boosting has no "
                           "convergence criterion: its rounds are chosen by early stopping)",
@@ -231,19 +249,54 @@ class LightGBMCatBackend(Backend):
 
 
 class BoostedF:
-    """``Fit.nonlinear`` of ``lightgbm``: the boosted F(x) minus its mean on the fitting rows.
+    """``Fit.nonlinear`` of ``lightgbm``: the boosted F(x) minus its projection on the fixed design.
 
-    A plain object (the booster, its round count, the features and the centre), so the Fit pickles; the
-    LightGBM Booster pickles through its model text (``model_to_string``), which predicts identically.
+    ``f(data) = F(data) - X(data) @ coef``, ``coef`` the least-squares coefficients of F on the fixed design X of
+    the fitting rows (``center(True)``, the default: f is orthogonal to every column of X there, as ``torch``'s
+    :class:`~hiercompare.backends.torch.NeuralF`, so beta is the best linear population term and both learners
+    report the same estimand), or only F's mean in the intercept's place (``center(False)``). The marginal
+    likelihood, the variance parameters and the group effects are invariant to the projection (beta_hat shifts
+    by ``coef``).
+
+    A plain object (the booster, its round count, the features and ``coef``), so the Fit pickles; the LightGBM
+    Booster pickles through its model text (``model_to_string``), which predicts identically.
     """
 
-    def __init__(self, md: ModelData, booster, features: tuple[str, ...], rounds: int, centre: float):
+    def __init__(self, md: ModelData, booster, features: tuple[str, ...], rounds: int):
         self.md, self.booster, self.features = md, booster, tuple(features)
-        self.rounds, self.centre = int(rounds), float(centre)
+        self.rounds = int(rounds)
+        self.coef = np.zeros(md.X.shape[1])
+
+    def raw(self, data: pd.DataFrame) -> np.ndarray:
+        """The booster's F(x), before the projection."""
+        F = learners.feature_matrix(self.md, data, self.features)
+        return self.booster.predict(F, num_iteration=self.rounds)
+
+    def center(self, orthogonalize: bool) -> str:
+        """Set ``coef`` on the fitting rows; returns the note saying what was done."""
+        g = self.raw(self.md.data)
+        X = self.md.X
+        self.coef = np.zeros(X.shape[1])
+        if orthogonalize and X.shape[1]:
+            self.coef = np.linalg.lstsq(X, g, rcond=None)[0]
+            return "f is projected off the fixed design on the fitting rows (includes centring), as torch's"
+        names = self.md.fixed_names
+        if INTERCEPT in names:
+            self.coef[names.index(INTERCEPT)] = g.mean()
+            return "f is centred on the fitting rows (the intercept absorbs its mean)"
+        self.coef = np.zeros(X.shape[1])
+        self.centre_only = float(g.mean())
+        return "f is centred on the fitting rows (the formula has no intercept: its mean is dropped)"
 
     def __call__(self, data: pd.DataFrame) -> np.ndarray:
-        F = learners.feature_matrix(self.md, data, self.features)
-        return self.booster.predict(F, num_iteration=self.rounds) - self.centre
+        g = self.raw(data)
+        if "centre" in self.__dict__:  # a Fit pickled before the projection: F minus its mean
+            return g - self.centre
+        g = g - getattr(self, "centre_only", 0.0)
+        if not self.coef.any():
+            return g
+        X = self.md.X if data is self.md.data else self.md.fixed_matrix(data)
+        return g - X @ self.coef
 
 
 def _cat_design(md: ModelData, feats: tuple[str, ...], df: pd.DataFrame) -> pd.DataFrame:

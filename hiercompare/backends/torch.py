@@ -37,8 +37,12 @@ spirit of LMMNN (Simchoni & Rosset 2021/2023) but without mini-batch approximati
 
 The Fit's table is :func:`hiercompare.backends.native.tidy_rows` of the final mixedcore result (fixed effects
 with Wald intervals, SDs and correlations, BLUPs with prediction-error SDs), all **conditional on the learned
-f** (its estimation uncertainty is not propagated); ``loglik`` is the marginal (REML or ML) log-likelihood at
-the final offset, equally conditional on f. ``Fit.nonlinear`` evaluates f on new data.
+f** (its estimation uncertainty is not propagated): with ``intervals="conditional"`` (the default) those rows
+say so in the tidy frame's ``interval`` column (``conditional_on_f``); ``intervals="bootstrap"`` replaces the
+fixed effects' and variance parameters' SEs and intervals by a cluster bootstrap over the top-level groups
+(f re-learned in every draw), ``intervals="none"`` drops them (:func:`hiercompare.backends.learners.finish_table`,
+docs/learners.md). ``loglik`` is the marginal (REML or ML) log-likelihood at the final offset, conditional on f.
+``Fit.nonlinear`` evaluates f on new data.
 
 ``torch-embed``: the naive baseline (no variance components, no shrinkage)
 --------------------------------------------------------------------------
@@ -99,7 +103,8 @@ from ..errors import DataError, SpecError
 from ..results import RESIDUAL, Fit, sd_term, tidy_frame
 from ..spec import INTERCEPT
 from .base import Backend, reml_or_ml
-from .learners import FAMILIES, default_features, feature_matrix, random_effects, subset, validate_then_refit
+from .learners import (FAMILIES, check_intervals, default_features, feature_matrix, finish_table, random_effects,
+                       subset, validate_then_refit)
 from .native import tidy_rows
 
 INSTALL_HINT = ("install PyTorch (CPU build: `pip install torch --index-url https://download.pytorch.org/whl/cpu`) "
@@ -246,15 +251,20 @@ class TorchBackend(Backend):
     def fit(self, md: ModelData, hidden=(64, 64), epochs: int = 1500, lr: float = 0.01,
             weight_decay: float = 1e-4, method: str = "REML", seed: int | None = None, features=None,
             validation_fraction: float = 0.2, refit_every: int = 10, patience: int = 15,
-            orthogonalize: bool = True, **options) -> Fit:
+            orthogonalize: bool = True, intervals: str = "conditional", bootstrap_draws: int = 200,
+            **options) -> Fit:
         """Options: ``hidden`` layer widths; ``epochs`` (maximum; also the count used without validation);
         ``lr`` and ``weight_decay`` (AdamW, full batch); ``method`` REML/ML; ``seed`` (torch and the
         validation split; None -> 0); ``features`` (numeric formula columns f sees); ``validation_fraction``
         (0: no validation, train ``epochs`` epochs); ``refit_every`` (epochs between theta re-optimisations
         and validation checks); ``patience`` (validation checks without improvement before stopping);
-        ``orthogonalize`` (project f off the fixed design, else only centre it)."""
+        ``orthogonalize`` (project f off the fixed design, else only centre it); ``intervals``:
+        ``"conditional"`` (Wald / BLUP intervals treating f as known, labelled ``conditional_on_f``),
+        ``"bootstrap"`` (cluster bootstrap over the top-level groups, ``bootstrap_draws`` refits with the epochs
+        chosen here), ``"none"``; see :func:`hiercompare.backends.learners.finish_table`."""
         if options:
             raise TypeError(f"unknown torch options {sorted(options)}")
+        intervals = check_intervals(intervals, bootstrap_draws)
         method = _check_common(md, method, hidden, epochs, lr, weight_decay, validation_fraction, FAMILIES)
         if int(refit_every) < 1 or int(patience) < 1:
             raise SpecError("refit_every and patience must be >= 1")
@@ -264,7 +274,7 @@ class TorchBackend(Backend):
         cfg = dict(hidden=tuple(int(h) for h in hidden), lr=float(lr), weight_decay=float(weight_decay),
                    method=method, refit_every=int(refit_every), patience=int(patience), device=device)
         notes = ["torch (LMMNN-style): fixed effects, SDs, BLUPs and the log-likelihood are conditional on the "
-                 "learned f(x); its estimation uncertainty is not propagated"]
+                 "learned f(x); its estimation uncertainty is not propagated (intervals='bootstrap' propagates it)"]
         curve: list[tuple[int, float]] = []
 
         def validate(mask):
@@ -305,9 +315,20 @@ class TorchBackend(Backend):
             diagnostics["training_rmse"] = float(np.sqrt(np.mean((md.y - eta) ** 2)))
         else:
             diagnostics["training_deviance"] = re.held_out_loss(eta, md.y, trials=md.trials)
-        return Fit(backend=self.name, spec=md.spec, table=tidy_rows(md, res), model=md, loglik=res.loglik,
+
+        def refit_b(md_b, seed_b):  # the bootstrap's refit: same options, the epochs chosen here, no validation
+            return self.fit(md_b, hidden=hidden, epochs=max(int(chosen), 1), lr=lr, weight_decay=weight_decay,
+                            method=method, seed=seed_b, features=feats, validation_fraction=0.0,
+                            refit_every=refit_every, patience=patience, orthogonalize=orthogonalize,
+                            intervals="none").table
+
+        table, interval_notes, interval_diag, extras = finish_table(tidy_rows(md, res), intervals, md, refit_b,
+                                                                    bootstrap_draws, seed_used)
+        diagnostics["notes"] = interval_notes + diagnostics["notes"]
+        diagnostics.update(interval_diag)
+        return Fit(backend=self.name, spec=md.spec, table=table, model=md, loglik=res.loglik,
                    method=method if gaussian else "ML (Laplace)", nobs=md.n, diagnostics=diagnostics, raw=res,
-                   nonlinear=fn)
+                   nonlinear=fn, extras=extras)
 
 
 class _ValidationSet:

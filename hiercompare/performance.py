@@ -56,6 +56,14 @@ the df in column ``df``), and the variance parameters (``ran_pars``) where the b
 median over the replications of the ``df`` column (fixed effects: ``inf`` for z intervals; missing where the
 backend states no df).
 
+Conditional intervals (the learners' ``interval = "conditional_on_f"`` rows: lightgbm's and torch's Wald and BLUP
+intervals computed as if the learned f(x) were known) are never reported as ordinary ones: their cell's ``interval``
+column says ``conditional_on_f``, its ``coverage``, ``be_coverage``, ``modse`` and ``rel_error_modse`` are missing,
+and ``conditional_coverage`` / ``conditional_modse`` (with MCSEs) hold what those measures would be, under their own
+names. Results written before the ``interval`` column existed are read the same way for the backends ``lightgbm``
+and ``torch`` (and their variants), whose intervals were all conditional then (:func:`interval_kind`). Cluster
+bootstrap intervals (``cluster_bootstrap``) are ordinary intervals, labelled as such in ``interval``.
+
 Measures that need more replications than there are (an SD from one value, a coverage without any
 interval) are missing (NaN), never 0.
 """
@@ -72,10 +80,14 @@ REQUIRED = ["scenario", "replication", "backend", "effect", "group", "level", "t
 #: One row of the output per these keys (``ran_vals`` rows pool every ``level``).
 CELL = ["scenario", "backend", "effect", "group", "term"]
 MEASURES = ["bias", "rel_bias", "empse", "mse", "rmse", "modse", "rel_error_modse", "coverage", "be_coverage",
-            "power", "convergence"]
+            "power", "convergence", "conditional_modse", "conditional_coverage"]
+#: Backends whose intervals were conditional on their learned f(x) before the ``interval`` column existed.
+CONDITIONAL_BACKENDS = ("lightgbm", "torch")
+#: Measures that a conditional cell reports under ``conditional_*`` names instead (the others: missing).
+_CONDITIONAL_MOVES = {"coverage": "conditional_coverage", "modse": "conditional_modse"}
 #: The significance level of ``power`` (p-values at or below it count as rejections).
 ALPHA = 0.05
-COLUMNS = CELL + ["truth", "n_rep", "n_used", "n_se", "n_ci", "n_p", "mean_estimate", "median_df"] + [
+COLUMNS = CELL + ["interval", "truth", "n_rep", "n_used", "n_se", "n_ci", "n_p", "mean_estimate", "median_df"] + [
     c for m in MEASURES for c in (m, f"{m}_mcse")]
 
 
@@ -298,6 +310,38 @@ def group_effect_measures(estimate, target, replication, std_error=None, conf_lo
     return out
 
 
+def interval_kind(results: pd.DataFrame) -> pd.Series:
+    """Each row's interval kind (the tidy frame's ``interval``: ``""``, ``"conditional_on_f"``,
+    ``"cluster_bootstrap"``), with rows written before that column existed read as ``"conditional_on_f"`` where the
+    backend is ``lightgbm`` or ``torch`` (or a variant ``lightgbm:...``) and the row has an SE or an interval.
+
+    >>> interval_kind(pd.DataFrame({"backend": ["lightgbm", "native"], "std_error": [0.1, 0.1],
+    ...                             "conf_low": [0.0, 0.0], "conf_high": [1.0, 1.0]})).tolist()
+    ['conditional_on_f', '']
+    """
+    from .schema import INTERVAL_CONDITIONAL
+
+    if "interval" in results:
+        raw = results["interval"].astype(object)
+        kind = raw.where(raw.notna(), "").astype(str)
+    else:
+        kind = pd.Series("", index=results.index, dtype=object)
+    base = results["backend"].astype(str).str.split(":", n=1).str[0]
+    has = results["std_error"].notna() | results["conf_low"].notna() | results["conf_high"].notna()
+    legacy = (kind == "") & base.isin(CONDITIONAL_BACKENDS) & has
+    return kind.where(~legacy, INTERVAL_CONDITIONAL)
+
+
+def _relabel_conditional(m: dict) -> dict:
+    """A conditional cell's measures: coverage and modse under their ``conditional_*`` names, the ordinary
+    coverage, be_coverage, modse and rel_error_modse missing."""
+    for src, dst in _CONDITIONAL_MOVES.items():
+        m[dst], m[f"{dst}_mcse"] = m[src], m[f"{src}_mcse"]
+    for c in ("coverage", "be_coverage", "modse", "rel_error_modse"):
+        m[c], m[f"{c}_mcse"] = np.nan, np.nan
+    return m
+
+
 def _check(results: pd.DataFrame) -> None:
     missing = [c for c in REQUIRED if c not in results.columns]
     if missing:
@@ -322,7 +366,8 @@ def performance(results: pd.DataFrame, target: str = "truth", converged_only: bo
     Returns
     -------
     DataFrame
-        One row per (scenario, backend, effect, group, term) with columns :data:`COLUMNS`: the target
+        One row per (scenario, backend, effect, group, term) with columns :data:`COLUMNS`: ``interval`` (the
+        cell's interval kind; ``conditional_on_f`` moves coverage and modse to ``conditional_*``), the target
         (``truth``: the constant target, or its mean where it varies), counts (``n_rep`` attempted fits,
         ``n_used`` estimates, ``n_se`` model SEs, ``n_ci`` intervals, ``n_p`` p-values), ``mean_estimate``,
         ``median_df`` (the fixed effects' df: ``inf`` for z) and each measure with ``<measure>_mcse``. The
@@ -346,6 +391,7 @@ def performance(results: pd.DataFrame, target: str = "truth", converged_only: bo
         raise DataError(f"performance(): {int(dup.sum())} rows appear more than once, e.g. {first}; the results "
                         "table has duplicated rows (the same study concatenated twice?)")
     df = results.copy()
+    df["interval"] = interval_kind(df)
     err_text = df["error"].fillna("").astype(str)
     failed = err_text != ""
     conv = df["converged"].astype("boolean")
@@ -376,14 +422,19 @@ def performance(results: pd.DataFrame, target: str = "truth", converged_only: bo
                                      df=sub["df"] if "df" in sub else None)
         n_rep, p, se = conv_rate[(sc, be)]
         m["convergence"], m["convergence_mcse"] = p, se
-        rows.append(dict(zip(CELL, key), truth=float(tgt[0]) if np.all(tgt == tgt[0]) else float(tgt.mean()),
-                         n_rep=n_rep, **m))
+        kinds = sorted(set(sub["interval"]) - {""})
+        kind = "+".join(kinds)  # one kind per cell in practice; a mix is named as such
+        if "conditional_on_f" in kinds:
+            m = _relabel_conditional(m)
+        rows.append(dict(zip(CELL, key), interval=kind,
+                         truth=float(tgt[0]) if np.all(tgt == tgt[0]) else float(tgt.mean()), n_rep=n_rep, **m))
     seen = {(r["scenario"], r["backend"]) for r in rows}
     for (sc, be), (n_rep, p, se) in conv_rate.items():
         if (sc, be) not in seen:  # every fit failed: keep the backend's convergence rate visible
             m = _nan_dict()
             m.update(convergence=p, convergence_mcse=se)
-            rows.append(dict(scenario=sc, backend=be, effect="", group="", term="", truth=np.nan, n_rep=n_rep,
+            rows.append(dict(scenario=sc, backend=be, effect="", group="", term="", interval="", truth=np.nan,
+                             n_rep=n_rep,
                              n_used=0, n_se=0, n_ci=0, n_p=0, mean_estimate=np.nan, median_df=np.nan, **m))
     out = pd.DataFrame(rows, columns=COLUMNS).sort_values(CELL, kind="mergesort")
     for c in ("n_rep", "n_used", "n_se", "n_ci", "n_p"):
@@ -444,7 +495,7 @@ def performance_long(perf: pd.DataFrame) -> pd.DataFrame:
     --------
     >>> performance_long(perf).query("measure == 'coverage'")  # doctest: +SKIP
     """
-    keep = CELL + ["truth", "n_rep", "n_used"]
+    keep = CELL + ["interval", "truth", "n_rep", "n_used"]
     parts = []
     for m in MEASURES:
         p = perf[keep].copy()
@@ -456,5 +507,5 @@ def performance_long(perf: pd.DataFrame) -> pd.DataFrame:
     return out.dropna(subset=["estimate"]).reset_index(drop=True)
 
 
-__all__ = ["performance", "performance_long", "fit_summary", "replication_measures", "group_effect_measures", "cluster_mean",
+__all__ = ["performance", "performance_long", "fit_summary", "interval_kind", "CONDITIONAL_BACKENDS", "replication_measures", "group_effect_measures", "cluster_mean",
            "convergence_rate", "MEASURES", "COLUMNS", "REQUIRED", "ALPHA"]

@@ -58,7 +58,8 @@ def tidy_frame(rows: list[dict]) -> pd.DataFrame:
     """Rows (dicts with any subset of TIDY_COLUMNS) -> a frame with every column, in order."""
     df = pd.DataFrame(rows, columns=TIDY_COLUMNS)
     for c in ("group", "level", "interval"):
-        df[c] = df[c].fillna("").astype(object)
+        col = df[c].astype(object)
+        df[c] = col.where(col.notna(), "")
     for c in NUMERIC_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     return df

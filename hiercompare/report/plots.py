@@ -154,8 +154,9 @@ def zip_plot(rows: pd.DataFrame, title: str = "") -> str:
     ``|z| = |estimate - truth| / std_error`` (where a backend gives no SE, the interval's half-width on the truth's
     side / 1.96 stands in: profile, bootstrap and posterior intervals are often asymmetric);
     the vertical axis is the fractional centile of ``|z|``. Intervals that cover the truth are blue, those that
-    miss it red; the panel title gives the coverage and its Monte Carlo SE, and a dotted line marks the 95th
-    centile (above it, intervals should miss).
+    miss it red; the panel title gives the coverage and its Monte Carlo SE (``CONDITIONAL on f(x): coverage``
+    where the rows' ``interval`` column says ``conditional_on_f``: the learners' intervals that treat their learned
+    f(x) as known), and a dotted line marks the 95th centile (above it, intervals should miss).
 
     Parameters
     ----------
@@ -198,7 +199,9 @@ def zip_plot(rows: pd.DataFrame, title: str = "") -> str:
         p = cover.mean()
         mcse = np.sqrt(p * (1 - p) / n)
         ax.set_ylim(0, 100)
-        ax.set_title(f"{b}\n{grp + ': ' if grp else ''}{term}\ncoverage {p:.3f} (MCSE {mcse:.3f}), n={n}", fontsize=7)
+        cond = "interval" in sub and sub["interval"].astype(str).str.contains("conditional_on_f").any()
+        what = "CONDITIONAL on f(x): coverage" if cond else "coverage"
+        ax.set_title(f"{b}\n{grp + ': ' if grp else ''}{term}\n{what} {p:.3f} (MCSE {mcse:.3f}), n={n}", fontsize=7)
         ax.set_ylabel("centile of |z|", fontsize=7)
         ax.tick_params(labelsize=6)
     if title:

@@ -30,6 +30,10 @@ PAIRS = [("ols", "r_lm"), ("mixedlm", "lme4"), ("native", "lme4")]
 #: Backends preferred for the hierarchy diagram, in order (else the first backend with group effects).
 LIGHTGBM_BACKENDS = ("lightgbm", "lightgbm-cat")
 TABLES_DIR = "report_tables"
+#: How the recovery table names an interval kind (the tidy frame's ``interval`` column).
+INTERVAL_TEXT = {"": "", "conditional_on_f": "conditional on f(x)", "cluster_bootstrap": "cluster bootstrap"}
+#: Prefix of a conditional cell's modse and coverage in the recovery table.
+CONDITIONAL_PREFIX = "conditional on f(x): "
 
 
 class ReportError(HierCompareError):
@@ -183,14 +187,25 @@ def _df_text(x: Any) -> str:
 def recovery_table(perf: pd.DataFrame) -> pd.DataFrame:
     """The performance table as display text: each measure as ``estimate (MCSE)``; ``df`` is the fixed effects'
     median df (``inf``: z intervals), ``power`` the share of p-values at or below 0.05 (the type I error rate where
-    the truth is 0). Coverage is shown wherever the rows had intervals, the variance parameters' included."""
+    the truth is 0). Coverage is shown wherever the rows had intervals, the variance parameters' included. A cell
+    whose intervals are conditional on a learned f(x) (``interval`` ``conditional_on_f``: lightgbm's and torch's
+    default) shows its modse and coverage prefixed ``conditional on f(x):``, never as plain numbers; the
+    ``interval`` column names the kind (``conditional on f(x)``, ``cluster bootstrap``; empty: the backend's own)."""
     rows = []
     for _, r in perf.iterrows():
+        kind = str(r.get("interval", "") or "")
+        cond = "conditional_on_f" in kind
+        modse = _pm(r.get("conditional_modse"), r.get("conditional_modse_mcse")) if cond else _pm(r["modse"], r["modse_mcse"])
+        cover = (_pm(r.get("conditional_coverage"), r.get("conditional_coverage_mcse")) if cond
+                 else _pm(r["coverage"], r["coverage_mcse"]))
+        if cond:
+            modse, cover = (f"{CONDITIONAL_PREFIX}{x}" if x else "" for x in (modse, cover))
         rows.append(dict(scenario=r["scenario"], backend=r["backend"], effect=r["effect"], group=r["group"],
                          term=r["term"], truth=_fx(r["truth"]), n_used=_fx(r["n_used"]),
                          bias=_pm(r["bias"], r["bias_mcse"]), empse=_pm(r["empse"], r["empse_mcse"]),
-                         rmse=_pm(r["rmse"], r["rmse_mcse"]), modse=_pm(r["modse"], r["modse_mcse"]),
-                         coverage=_pm(r["coverage"], r["coverage_mcse"]), df=_df_text(r.get("median_df")),
+                         rmse=_pm(r["rmse"], r["rmse_mcse"]), modse=modse,
+                         interval=INTERVAL_TEXT.get(kind, kind.replace("_", " ")),
+                         coverage=cover, df=_df_text(r.get("median_df")),
                          power=_pm(r.get("power"), r.get("power_mcse")),
                          convergence=_convergence(r["convergence"], r["convergence_mcse"])))
     return pd.DataFrame(rows)
@@ -347,7 +362,7 @@ def study_report(folder: str | Path, lightgbm_trees: bool = True) -> tuple[str, 
     """
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    from ..performance import fit_summary, performance
+    from ..performance import fit_summary, interval_kind, performance
 
     results, manifest = load_study(folder)
     st = manifest["study"]
@@ -365,6 +380,7 @@ def study_report(folder: str | Path, lightgbm_trees: bool = True) -> tuple[str, 
     for name in [s["name"] for s in st["scenarios"]]:
         r = results[results["scenario"] == name]
         est = r[r["effect"].isin(["fixed", "ran_pars"])]
+        est = est.assign(interval=interval_kind(est))  # zip panels of conditional intervals say so
         scen_ctx.append(dict(
             name=name,
             truth=_records(tables["truth"][tables["truth"]["scenario"] == name],

@@ -134,6 +134,10 @@ def render_demo(results: dict) -> str:
         for b in backends:
             s = fx[(fx["backend"] == b) & (fx["term"] == t)]
             row[b] = "" if s.empty else f"{_fmt(s['estimate'].iloc[0])} [{_fmt(s['conf_low'].iloc[0])}, {_fmt(s['conf_high'].iloc[0])}]"
+            if not s.empty and "interval" in s and s["interval"].iloc[0] == "conditional_on_f":
+                row[b] += " conditional on f(x)"  # the learners' Wald interval treats the learned f as known
+            elif not s.empty and "interval" in s and s["interval"].iloc[0] == "cluster_bootstrap":
+                row[b] += " cluster bootstrap"
         fixed_rows.append(row)
     fixed_cols = ["term", "truth"] + backends
 

@@ -11,6 +11,12 @@ beta and the BLUPs follow F after every round at fixed variance parameters, and 
 re-estimated (REML or ML, warm-started) every ``refit_every`` rounds and at the end. The number of rounds is
 chosen by early stopping on a group-aware validation split (a fraction of the rows of every leaf group,
 predicted with the training fit's BLUPs), then the model is refitted on all rows with that many rounds.
+After boosting, F is projected off the fixed design on the fitting rows (``orthogonalize=True``, as ``torch``
+does; :class:`BoostedF`), so beta is the best linear population term and both learners report the same
+estimand. Intervals (``intervals=``): ``"conditional"`` (default: Wald / BLUP intervals treating F as known, every
+such row labelled ``interval = "conditional_on_f"``), ``"bootstrap"`` (cluster bootstrap over the top-level
+groups, F re-learned per draw), ``"none"``; see :func:`hiercompare.backends.learners.finish_table` and
+docs/learners.md.
 
 ``lightgbm-cat`` -- the seed conversation's approach, kept as a LABELLED BASELINE: market and submarket (every
 grouping factor of the spec) as categorical features beside the numeric ones, squared-error loss, no

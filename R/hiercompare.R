@@ -84,6 +84,9 @@ hc_fit <- function(data, formula, backend = "mixedlm", ...) {
 #' fits `df` is Satterthwaite's (lmerTest's, the default; `hc_fit(..., df = "kenward-roger")` for pbkrtest's,
 #' `df = "z"` for Wald z, where `df` is `Inf`) and the interval and `p.value` are t-based, as lmerTest's
 #' `summary()` reports them; `df` and `p.value` are `NA` where a backend states no df, and on the other rows.
+#' `interval` says what a row's `std.error` and interval are conditional on: empty for the backend's own inference,
+#' `"conditional_on_f"` for lightgbm's and torch's default intervals, which treat their learned f(x) as known (too
+#' narrow), `"cluster_bootstrap"` for their `intervals = "bootstrap"` option.
 #'
 #' With `names = "r"` (the default) fixed-effect terms are named as lme4 and broom.mixed name them: `sexM`
 #' and `livch3+` for the treatment dummies that the Python side calls `sex[T.M]` and `livch[T.3+]` (a

@@ -1,7 +1,10 @@
 """The parametric bootstrap on a user's own design: how each engine does on data like this.
 
-A reference fit (native REML by default) gives the parameters; :class:`~hiercompare.simulate.DesignScenario`
-keeps the user's rows, predictors, tree and group sizes and redraws the response N times; every backend is
+A reference fit (native REML by default; for a binomial, Poisson or negative binomial outcome native's Laplace
+ML fit) gives the parameters; :class:`~hiercompare.simulate.DesignScenario` keeps the user's rows, predictors,
+tree, group sizes, offsets (exposure), binomial trials and prior weights and redraws the response N times from
+the family (Gaussian with variance sigma^2 / w, successes out of each row's trials, Poisson with the exposure
+in the mean, NB2 with the fitted size); every backend is
 refitted on each draw by a :class:`~hiercompare.study.Study` (resumable, local processes or Dask), and
 :func:`~hiercompare.performance.performance` gives bias, RMSE and the coverage of each backend's intervals with
 Monte Carlo SEs against the reference values.
@@ -26,8 +29,13 @@ SHOWN = ["backend", "effect", "group", "term", "truth", "n_rep", "n_used", "mean
 def bootstrap_design(data: pd.DataFrame, spec: ModelSpec, backends: list[str], replications: int, seed: int = 0,
                      workers: int = 1, scheduler=None, out: str | Path | None = None,
                      options: dict[str, dict] | None = None, reference: str = "native", method: str = "REML",
-                     progress: Callable[[str], None] | None = None) -> dict[str, pd.DataFrame]:
+                     progress: Callable[[str], None] | None = None, weights=None) -> dict[str, pd.DataFrame]:
     """Simulate ``replications`` data sets from a reference fit on ``data``'s design and refit every backend.
+
+    ``spec``'s family decides the draws (see :class:`~hiercompare.simulate.DesignScenario`); ``method`` (REML or
+    ML) applies to the Gaussian reference fit only (a GLMM is fitted by maximum likelihood). ``weights``:
+    Gaussian prior weights as :func:`~hiercompare.fit` takes them (a column of ``data`` or one number per row);
+    the reference fit and every refit use them.
 
     Returns the tables ``bootstrap_summary`` (one row per backend and parameter: bias, RMSE, empirical and model
     SEs, coverage, each with its Monte Carlo SE, over the replications) and ``bootstrap_reference`` (the reference
@@ -39,13 +47,15 @@ def bootstrap_design(data: pd.DataFrame, spec: ModelSpec, backends: list[str], r
     say = progress or (lambda msg: None)
     if replications < 1:
         raise ValueError(f"replications must be >= 1, got {replications}")
-    ref = fit(data, spec, backend=reference, method=method)
-    sc = DesignScenario.from_fit(ref, data, name="bootstrap")
+    ref = fit(data, spec, backend=reference, weights=weights,
+              **({"method": method} if spec.family == "gaussian" else {}))
+    sc = DesignScenario.from_fit(ref, data, name="bootstrap")  # keeps the weights; each refit gets them
     opts = {b: dict((options or {}).get(b, {})) for b in backends}
     opts = {b: o for b, o in opts.items() if o}
     st = Study([sc], replications=int(replications), backends=list(backends), options=opts, seed=int(seed),
                formula=spec.formula, name="bootstrap")
-    say(f"parametric bootstrap: {replications} data sets from the {reference} {method} fit, "
+    say(f"parametric bootstrap: {replications} data sets from the {reference} "
+        f"{method if spec.family == 'gaussian' else ref.method} {spec.family} fit, "
         f"{len(backends)} backend(s) each")
     if out is None:
         with tempfile.TemporaryDirectory(prefix="hiercompare-bootstrap-") as tmp:
@@ -57,7 +67,7 @@ def bootstrap_design(data: pd.DataFrame, spec: ModelSpec, backends: list[str], r
     summary = perf[[c for c in SHOWN if c in perf.columns]].reset_index(drop=True)
     refrows = ref.tidy(["fixed", "ran_pars"])[["effect", "group", "term", "estimate"]].rename(
         columns={"estimate": "reference_value"})
-    refrows.insert(0, "reference", f"{reference} {method}")
+    refrows.insert(0, "reference", f"{reference} {method if spec.family == 'gaussian' else ref.method}")
     return {"bootstrap_summary": summary, "bootstrap_reference": refrows}
 
 

@@ -554,9 +554,6 @@ def compare_data(
         cv_names = [b for b in DEFAULT_CV_BACKENDS if b in names]
     if int(cv_folds) < 2:
         raise SpecError(f"cv_folds must be at least 2, got {cv_folds}")
-    if bootstrap and fam != "gaussian":
-        raise SpecError(f"the parametric bootstrap draws Gaussian responses from the reference fit; family {fam!r} "
-                        "is not supported yet: leave --bootstrap out")
     opts = {b: dict(o) for b, o in (options or {}).items()}
     from .design import prepare
 

@@ -410,6 +410,49 @@ def _truth_table(sc: Scenario, labels, effects, noise_sd) -> pd.DataFrame:
     return table
 
 
+# ---------------------------------------------------------------------------------------------------- responses
+def draw_response(family: str, eta, rng: np.random.Generator, *, sigma: float | None = None, weights=None,
+                  trials=None, size: float | None = None) -> np.ndarray:
+    """Responses drawn from a fitted family at the linear predictor ``eta`` (offsets already in it), any shape
+    whose last axis is the rows.
+
+    * ``gaussian``: ``eta + e``, ``e ~ N(0, sigma^2 / w)`` with the rows' prior ``weights`` ``w`` (lme4/lm
+      semantics; all 1 when None);
+    * ``binomial``: successes out of each row's ``trials`` (1 when None: a 0/1 response) at the inverse logit;
+    * ``poisson``: ``Poisson(exp(eta))`` (an exposure offset is in ``eta``, so it scales the mean);
+    * ``negbinomial``: NB2 with ``size`` (theta; mean ``mu = exp(eta)``, variance ``mu + mu^2 / size``), drawn as
+      the gamma-Poisson mixture ``Poisson(Gamma(size, scale = mu / size))``.
+
+    The one place where the bootstrap's designs (:class:`DesignScenario`) and the predictive checks
+    (:mod:`hiercompare.ppc`) draw a response from a fitted model.
+
+    >>> rng = np.random.default_rng(0)
+    >>> draw_response("binomial", np.zeros((2, 3)), rng, trials=[1, 5, 10]).max(axis=0) <= [1, 5, 10]
+    array([ True,  True,  True])
+    """
+    from .schema import inverse_link
+
+    eta = np.asarray(eta, dtype=float)
+    mu = inverse_link(family, eta)
+    if family == "gaussian":
+        if sigma is None or not np.isfinite(sigma) or sigma < 0:
+            raise SpecError(f"a gaussian response needs a residual SD >= 0, got {sigma!r}")
+        scale = float(sigma) if weights is None else float(sigma) / np.sqrt(np.asarray(weights, dtype=float))
+        return mu + rng.standard_normal(mu.shape) * scale
+    if family == "binomial":
+        n = np.ones(mu.shape[-1], dtype=np.int64) if trials is None else np.asarray(trials, dtype=float)
+        if np.any(n != np.round(n)) or np.any(n < 0):
+            raise SpecError("binomial trials must be non-negative whole numbers")
+        return rng.binomial(n.astype(np.int64), np.clip(mu, 0.0, 1.0)).astype(float)
+    if family == "poisson":
+        return rng.poisson(mu).astype(float)
+    if family == "negbinomial":
+        if size is None or not np.isfinite(size) or size <= 0:
+            raise SpecError(f"a negative binomial response needs its size (theta > 0), got {size!r}")
+        return rng.poisson(rng.gamma(float(size), mu / float(size))).astype(float)
+    raise SpecError(f"no response can be drawn for family {family!r}")
+
+
 # ---------------------------------------------------------------------------------------------------- designs
 def _plain(v):
     """A JSON-safe Python scalar (numpy scalars -> int/float/str)."""
@@ -418,54 +461,97 @@ def _plain(v):
     return v
 
 
+#: the column of a design's simulated data that holds the user's prior weights (passed to fit() as weights=)
+WEIGHTS_COLUMN = "(weights)"
+
+
 @dataclass(frozen=True, eq=False)
 class DesignScenario:
     """A user's own design with the parameters of a reference fit: the parametric bootstrap's scenario.
 
-    The rows, the predictors, the tree and every group's size are the user's; each simulation draws new group
-    effects from the reference fit's covariance matrices, new residuals with its residual SD, and a new
-    response ``X beta + sum over levels of Z b + e``. The truth is the reference fit's fixed effects and
-    variance parameters, with the drawn effects' SDs and correlations as ``realized``. Used as a
-    :class:`~hiercompare.study.Study` scenario, so a bootstrap is resumable and runs locally or on Dask.
-    Gaussian family only.
+    The rows, the predictors, the tree, every group's size, the formula's offsets, the binomial trials and the
+    prior weights are the user's; each simulation draws new group effects from the reference fit's covariance
+    matrices and a new response from the family at ``eta = X beta + offset + sum over levels of Z b``
+    (:func:`draw_response`):
+
+    * gaussian: ``eta + e``, ``e ~ N(0, sigma^2 / w)`` with the reference fit's residual SD and the rows' prior
+      weights ``w`` (1 without weights); the weights travel with the data as the column :data:`WEIGHTS_COLUMN`;
+    * binomial: successes out of each row's trials (``cbind(s, f)``: ``f`` is rewritten as ``trials - s``;
+      ``cbind(s, n - s)``: ``n`` is kept; a 0/1 response: one trial) at the inverse logit of ``eta``;
+    * poisson: ``Poisson(exp(eta))``, so an exposure offset scales the mean;
+    * negbinomial: NB2 with the reference fit's size (ran_pars ``Dispersion`` ``theta``): mean ``exp(eta)``,
+      variance ``mu + mu^2 / theta``.
+
+    The truth is the reference fit's fixed effects and variance parameters (and residual SD or NB size), with
+    the drawn effects' SDs and correlations as ``realized``. Used as a :class:`~hiercompare.study.Study`
+    scenario, so a bootstrap is resumable and runs locally or on Dask.
     """
 
     formula_text: str
     data: dict  # column -> list of values (the columns the formula reads), row order kept
     fixed: dict  # fixed-effect design column -> value
-    ran_pars: tuple  # (group, term, value) of the reference fit's SDs and correlations, Residual included
+    ran_pars: tuple  # (group, term, value) of the reference fit's SDs and correlations, Residual / Dispersion included
     family: str = "gaussian"
     name: str = "design"
     reference: str = "native"
+    weights: tuple | None = None  # the user's Gaussian prior weights, one per row (None: unweighted)
 
     def __post_init__(self):
-        if self.family != "gaussian":
-            raise SpecError(f"the parametric bootstrap on a design draws Gaussian responses; family {self.family!r} "
-                            "is not supported yet")
+        if self.family not in FAMILIES:
+            raise SpecError(f"family {self.family!r} is not one of {FAMILIES}")
+        par = {(g, t) for g, t, _ in self.ran_pars}
+        if self.family == "gaussian" and (RESIDUAL, sd_term("Observation")) not in par:
+            raise SpecError("a gaussian design needs the reference fit's residual SD (ran_pars Residual "
+                            "sd__Observation)")
+        if self.family == "negbinomial" and (DISPERSION, THETA) not in par:
+            raise SpecError("a negative binomial design needs the reference fit's size (ran_pars Dispersion theta)")
+        if self.weights is not None:
+            if self.family != "gaussian":
+                raise SpecError(f"prior weights are Gaussian (lme4/lm semantics), not for family {self.family!r}")
+            n = len(next(iter(self.data.values()))) if self.data else 0
+            w = np.asarray(self.weights, dtype=float)
+            if w.shape != (n,) or not (np.isfinite(w).all() and (w > 0).all()):
+                raise SpecError(f"weights must be {n} positive numbers, one per row")
 
     def formula(self) -> str:
         return self.formula_text
 
+    @property
+    def fit_options(self) -> dict:
+        """What every refit needs beside the formula: ``weights=`` naming :data:`WEIGHTS_COLUMN` when weighted."""
+        return {"weights": WEIGHTS_COLUMN} if self.weights is not None else {}
+
     @classmethod
     def from_fit(cls, fit, data: pd.DataFrame, name: str = "design") -> "DesignScenario":
-        """The design of ``data`` (the rows ``fit`` was fitted on) with ``fit``'s estimates as the truth."""
+        """The design of ``data`` (the rows ``fit`` was fitted on) with ``fit``'s estimates as the truth; the fit's
+        prior weights (``fit.model.weights``) are kept."""
         spec = fit.spec
         cols = {c: [_plain(v) for v in data[c].tolist()] for c in spec.variables}
         fixed = {str(k): float(v) for k, v in fit.fixef.items()}
         rp = fit.tidy("ran_pars")
         pars = tuple((str(r.group), str(r.term), float(r.estimate)) for r in rp.itertuples())
+        w = getattr(fit.model, "weights", None) if fit.model is not None else None
+        if w is not None and len(w) != len(data):
+            raise SpecError(f"the fit's weights have {len(w)} rows, the data {len(data)}: pass the rows it was "
+                            "fitted on")
+        weights = None if w is None else tuple(float(v) for v in np.asarray(w, dtype=float))
         return cls(formula_text=spec.formula, data=cols, fixed=fixed, ran_pars=pars, family=spec.family, name=name,
-                   reference=fit.backend)
+                   reference=fit.backend, weights=weights)
 
     def to_dict(self) -> dict:
-        return {"kind": "design", "formula_text": self.formula_text, "data": self.data, "fixed": self.fixed,
-                "ran_pars": [list(p) for p in self.ran_pars], "family": self.family, "name": self.name,
-                "reference": self.reference}
+        d = {"kind": "design", "formula_text": self.formula_text, "data": self.data, "fixed": self.fixed,
+             "ran_pars": [list(p) for p in self.ran_pars], "family": self.family, "name": self.name,
+             "reference": self.reference}
+        if self.weights is not None:  # absent when unweighted: earlier bootstraps' definitions still match
+            d["weights"] = list(self.weights)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "DesignScenario":
         d = {k: v for k, v in d.items() if k != "kind"}
         d["ran_pars"] = tuple(tuple(p) for p in d["ran_pars"])
+        if d.get("weights") is not None:
+            d["weights"] = tuple(d["weights"])
         return cls(**d)
 
     def covariance(self, group: str, terms) -> np.ndarray:
@@ -480,16 +566,24 @@ class DesignScenario:
                     R[i, j] = R[j, i] = c
         return R * np.outer(sd, sd)
 
-    def simulate(self, seed) -> tuple[pd.DataFrame, Truth]:
-        from .design import prepare
-        from .spec import ModelSpec
+    def _design(self):
+        """(spec, the user's rows, their ModelData), prepared once per instance (each simulate() reuses them)."""
+        cached = self.__dict__.get("_prepared")
+        if cached is None:
+            from .design import prepare
+            from .spec import ModelSpec
 
-        spec = ModelSpec.from_formula(self.formula_text, family=self.family)
-        frame = pd.DataFrame(self.data)
-        md = prepare(spec, frame)
+            spec = ModelSpec.from_formula(self.formula_text, family=self.family)
+            frame = pd.DataFrame(self.data)
+            cached = (spec, frame, prepare(spec, frame))
+            object.__setattr__(self, "_prepared", cached)  # a cache, not a field: frozen dataclass
+        return cached
+
+    def simulate(self, seed) -> tuple[pd.DataFrame, Truth]:
+        spec, frame, md = self._design()
         rng = np.random.default_rng(np.random.SeedSequence(seed))
         beta = np.array([self.fixed[n] for n in md.fixed_names])
-        eta = md.X @ beta
+        eta = md.X @ beta + md.offset
         rows = [dict(effect="fixed", term=n, estimate=self.fixed[n], realized=self.fixed[n]) for n in md.fixed_names]
         for lv in md.hierarchy.levels:
             terms = list(lv.spec.terms)
@@ -514,12 +608,29 @@ class DesignScenario:
                 for j, t in enumerate(terms):
                     rows.append(dict(effect="ran_vals", group=lv.group, level=lab, term=t, estimate=b[g, j],
                                      realized=b[g, j]))
-        sigma = {(g, t): v for g, t, v in self.ran_pars}[(RESIDUAL, sd_term("Observation"))]
-        noise = sigma * rng.standard_normal(md.n)
-        rows.append(dict(effect="ran_pars", group=RESIDUAL, term=sd_term("Observation"), estimate=sigma,
-                         realized=float(noise.std(ddof=1))))
+        par = {(g, t): v for g, t, v in self.ran_pars}
         out = frame.copy()
-        out[spec.response] = eta + noise
+        if self.family == "gaussian":
+            sigma = par[(RESIDUAL, sd_term("Observation"))]
+            y = draw_response("gaussian", eta, rng, sigma=sigma, weights=self.weights)
+            noise = y - eta
+            if self.weights is not None:  # the realized SD of the standardised residuals, sqrt(w) e
+                noise = noise * np.sqrt(np.asarray(self.weights, dtype=float))
+            rows.append(dict(effect="ran_pars", group=RESIDUAL, term=sd_term("Observation"), estimate=sigma,
+                             realized=float(noise.std(ddof=1))))
+            if self.weights is not None:
+                out[WEIGHTS_COLUMN] = np.asarray(self.weights, dtype=float)
+        elif self.family == "binomial":
+            y = draw_response("binomial", eta, rng, trials=md.trials)
+            if spec.failures is not None:  # cbind(s, f): the failures follow the new successes
+                out[spec.failures] = md.trials - y
+        elif self.family == "negbinomial":
+            size = par[(DISPERSION, THETA)]
+            y = draw_response("negbinomial", eta, rng, size=size)
+            rows.append(dict(effect="ran_pars", group=DISPERSION, term=THETA, estimate=size, realized=np.nan))
+        else:
+            y = draw_response(self.family, eta, rng)
+        out[spec.response] = y
         table = tidy_frame(rows)
         table["realized"] = [r.get("realized", np.nan) for r in rows]
         return out, Truth(table=table, scenario={"kind": "design", "name": self.name, "reference": self.reference,

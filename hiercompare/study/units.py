@@ -126,7 +126,7 @@ def _fit_all(task, sc, data, tru, base) -> list[pd.DataFrame]:
 
     frames: list[pd.DataFrame] = []
     for be in task["backends"]:
-        opts = dict(task["options"].get(be, {}))
+        opts = {**getattr(sc, "fit_options", {}), **task["options"].get(be, {})}  # a design's weights= column
         if opts.get("ran_pars_ci") == "bootstrap" and opts.get("ran_pars_seed") is None:
             opts["ran_pars_seed"] = base["seed"]  # the bootstrap's draws keyed by the unit too (entropy [seed, b])
         t1 = time.perf_counter()

@@ -32,8 +32,12 @@ Where the replicated data sets come from
   group ``Residual``, term ``sd__Observation`` (for the naive baselines: their training RMSE). With
   ``fixed_uncertainty=True`` the fixed effects are drawn too, ``beta ~ N(beta_hat, diag(SE^2))`` (independent:
   a Fit carries no covariance of the fixed effects), otherwise they stay at their estimates. The learned
-  ``f(x)`` of lightgbm and torch always stays at its fit. Binomial (0/1, logit) and Poisson (log) responses are
-  drawn from the family at the inverse link of the drawn linear predictor (there is no residual SD). A
+  ``f(x)`` of lightgbm and torch always stays at its fit. Non-Gaussian responses are drawn from the family at
+  the inverse link of the drawn linear predictor, which carries the formula's ``offset()`` (so an exposure
+  scales a Poisson or NB mean): binomial as successes out of each row's trials (``cbind(s, f)``; one trial for
+  a 0/1 response), Poisson, and the negative binomial (NB2) with the fit's size ``theta_hat`` (ran_pars
+  ``Dispersion`` ``theta``; variance ``mu + mu^2 / theta_hat``). A Gaussian fit with prior weights ``w``
+  (``fit(..., weights=)``) draws each row's residual from ``N(0, sigma_hat^2 / w)``. A
   deviation without a std_error (the naive baselines report none) is held at its estimate, and ``draws_from``
   says so; a gaussian fit without a residual SD cannot be replicated (:class:`PredictiveCheckUnavailable`).
 
@@ -67,7 +71,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, HierCompareError, SpecError
-from .results import RESIDUAL, Fit
+from .results import DISPERSION, RESIDUAL, THETA, Fit
+from .simulate import draw_response
 
 ALPHA = 0.05
 """A group is flagged when its predictive p-value is below this."""
@@ -183,8 +188,14 @@ def _posterior_predictive(fit: Fit, draws: int, seed: int) -> tuple[np.ndarray, 
         pp = pp[np.round(np.linspace(0, available - 1, draws)).astype(int)]
     fam = fit.spec.family
     lik = {"gaussian": "drawn from the gaussian likelihood at it (with its residual SD)",
-           "binomial": "a Bernoulli draw at the inverse logit of its linear predictor",
-           "poisson": "a Poisson draw at the exponential of its linear predictor"}[fam]
+           "binomial": ("a binomial draw of successes out of each row's trials at the inverse logit of its linear "
+                        "predictor" if fit.spec.has_trials else
+                        "a Bernoulli draw at the inverse logit of its linear predictor"),
+           "poisson": "a Poisson draw at the exponential of its linear predictor",
+           "negbinomial": ("a negative binomial (NB2) draw at the exponential of its linear predictor with that "
+                           "draw's size")}[fam]
+    if fam != "gaussian" and fit.spec.offsets:
+        lik += " (the formula's offset in it)"
     if kept and total and kept < total:
         of = f" of the {kept} joint draws the fit kept (from {total})"
     elif kept:
@@ -273,27 +284,48 @@ def _simulate(fit: Fit, draws: int, seed: int, fixed_uncertainty: bool, mode: st
         else:
             fixed_text = "fixed effects held at their estimates (the fit reports no std_error for them)"
 
-    # the response, from the family
+    # the response, from the family (the linear predictor carries the formula's offsets: Fit.predict())
+    offset_note = " (the offset, e.g. a log exposure, in it)" if md.has_offset else ""
     if fam == "gaussian":
         sigma = _residual_sd(fit)
         if sigma is None:
             raise PredictiveCheckUnavailable(f"{fit.backend}: the fit reports no residual SD (ran_pars group "
                                              f"{RESIDUAL!r}, term 'sd__Observation'), so its data cannot be "
                                              "replicated")
-        Y = E + rng.standard_normal(E.shape) * sigma
+        w = md.weights
+        Y = draw_response("gaussian", E, rng, sigma=sigma, weights=w)
         sigma_note = " (the baseline's training RMSE)" if _is_baseline(fit) else ""
-        noise = (f"+ residual noise N(0, sigma_hat^2), sigma_hat = {sigma:.6g}{sigma_note} (ran_pars Residual "
-                 "sd__Observation)")
+        if w is None:
+            noise = (f"+ residual noise N(0, sigma_hat^2), sigma_hat = {sigma:.6g}{sigma_note} (ran_pars Residual "
+                     "sd__Observation)")
+        else:
+            noise = (f"+ residual noise N(0, sigma_hat^2 / w) with each row's prior weight w, sigma_hat = "
+                     f"{sigma:.6g}{sigma_note} (ran_pars Residual sd__Observation)")
     elif fam == "binomial":
-        Y = rng.binomial(1, 1.0 / (1.0 + np.exp(-E))).astype(float)
-        noise = "; y_rep ~ Bernoulli(inverse logit of that linear predictor)"
+        trials = md.trials if md.trials is not None else np.ones(md.n)
+        Y = draw_response("binomial", E, rng, trials=trials)
+        if md.spec.has_trials:
+            noise = (f"; y_rep ~ Binomial(the row's trials, inverse logit of that linear predictor{offset_note}): "
+                     "successes out of each row's n")
+        else:
+            noise = f"; y_rep ~ Bernoulli(inverse logit of that linear predictor{offset_note})"
     elif fam == "poisson":
-        Y = rng.poisson(np.exp(E)).astype(float)
-        noise = "; y_rep ~ Poisson(exp of that linear predictor)"
-    else:  # pragma: no cover - the spec admits these three families only
+        Y = draw_response("poisson", E, rng)
+        noise = f"; y_rep ~ Poisson(exp of that linear predictor{offset_note})"
+    elif fam == "negbinomial":
+        size = _nb_size(fit)
+        if size is None:
+            raise PredictiveCheckUnavailable(f"{fit.backend}: the fit reports no negative binomial size (ran_pars "
+                                             f"group {DISPERSION!r}, term {THETA!r}), so its data cannot be "
+                                             "replicated")
+        Y = draw_response("negbinomial", E, rng, size=size)
+        noise = (f"; y_rep ~ NB2(mean mu = exp of that linear predictor{offset_note}, size theta_hat = {size:.6g}: "
+                 "variance mu + mu^2 / theta_hat; ran_pars Dispersion theta)")
+    else:  # pragma: no cover - the spec admits these four families only
         raise SpecError(f"unknown family {fam!r}")
 
-    f_x = " + learned f(x)" if fit.nonlinear is not None else ""
+    f_x = (" + learned f(x)" if fit.nonlinear is not None else "") + (
+        f" + offset({', '.join(md.spec.offsets)})" if md.has_offset else "")
     if new:
         kept = [lv.group for lv in levels[:first_new]]
         text = [f"simulated from the fitted model ({fit.backend}), mixed predictive: X beta_hat{f_x}"
@@ -338,6 +370,15 @@ def _level_covariance(fit: Fit, lv) -> np.ndarray:
     S = R * np.outer(sd, sd)
     w, V = np.linalg.eigh((S + S.T) / 2)
     return (V * np.clip(w, 0, None)) @ V.T + 1e-12 * max(float(sd.max()), 1.0) ** 2 * np.eye(len(terms))
+
+
+def _nb_size(fit: Fit) -> float | None:
+    t = fit.table
+    row = t[(t["effect"] == "ran_pars") & (t["group"] == DISPERSION) & (t["term"] == THETA)]
+    if row.empty:
+        return None
+    value = float(row["estimate"].iloc[0])
+    return value if np.isfinite(value) and value > 0 else None
 
 
 def _residual_sd(fit: Fit) -> float | None:
@@ -529,9 +570,7 @@ MAX_DISCRETE_VALUES = 60
 
 
 def _discrete(y: np.ndarray, family: str) -> bool:
-    if family == "binomial":
-        return True
-    if family == "poisson":
+    if family in ("binomial", "poisson", "negbinomial"):  # counts (successes out of trials too)
         return np.ptp(y) <= MAX_DISCRETE_VALUES if len(y) else True
     return False
 
@@ -558,8 +597,9 @@ def density_overlay_table(fit: Fit, draws: int = 50, seed: int = 0, grid_points:
     """The numbers behind :func:`density_overlay_plot`, in long form.
 
     Gaussian responses: a Gaussian kernel density on a common grid (linear binning, then convolution) with one
-    bandwidth for every curve, Silverman's rule of thumb on the observed response. Binomial and Poisson
-    responses (Poisson up to 60 distinct values; a KDE beyond): the share of rows at each value.
+    bandwidth for every curve, Silverman's rule of thumb on the observed response. Binomial (successes),
+    Poisson and negative binomial responses spanning up to 60 distinct values (a KDE beyond): the share of rows
+    at each value.
 
     Returns
     -------

@@ -68,12 +68,18 @@ def test_bootstrap_refits_every_backend_and_resumes(reference, tmp_path):
     assert o["mean_estimate"] == pytest.approx(row["mean_estimate"], rel=1e-10)
 
 
-def test_design_refuses_other_families(reference):
+def test_design_refuses_an_unknown_family_or_missing_parameters(reference):
+    """Every family of the spec is drawn (tests/test_simulate_design_counts.py checks their moments); a design
+    needs the parameters of its family."""
     data, ref = reference
     sc = DesignScenario.from_fit(ref, data).to_dict()
-    sc["family"] = "poisson"
-    with pytest.raises(hc.SpecError, match="Gaussian"):
-        DesignScenario.from_dict(sc)
+    with pytest.raises(hc.SpecError, match="family"):
+        DesignScenario.from_dict({**sc, "family": "gamma"})
+    with pytest.raises(hc.SpecError, match="size"):
+        DesignScenario.from_dict({**sc, "family": "negbinomial"})
+    no_residual = [p for p in sc["ran_pars"] if p[0] != "Residual"]
+    with pytest.raises(hc.SpecError, match="residual SD"):
+        DesignScenario.from_dict({**sc, "ran_pars": no_residual})
 
 
 def test_a_study_leaves_no_thread_behind(reference, tmp_path):
@@ -85,3 +91,32 @@ def test_a_study_leaves_no_thread_behind(reference, tmp_path):
     before = threading.active_count()
     bootstrap_design(data, ref.spec, ["native"], 2, seed=1, out=tmp_path / "t", progress=lambda m: None)
     assert threading.active_count() == before, [t.name for t in threading.enumerate()]
+
+
+def test_cli_compare_bootstrap_on_counts_with_an_offset(tmp_path):
+    """`hiercompare compare --bootstrap N` on a count outcome with an exposure offset (mlmRev's Mmmec, melanoma
+    deaths with the expected count): the draws come from native's Laplace fit (Poisson, the exposure in the mean)
+    and native and glm are refitted on each; the bootstrap table has both, every replication used."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from hiercompare.cli import main
+
+    data = Path(__file__).parent / "data" / "glmm_mmmec.csv"
+    out = tmp_path / "mm"
+    formula = "deaths ~ uvb + offset(log_expected) + (1 | nation) + (1 | nation:region)"
+    code = main(["compare", str(data), "--formula", formula, "--family", "poisson", "--backends", "native,glm",
+                 "--cv", "none", "--bootstrap", "3", "--seed", "1", "--out", str(out)])
+    assert code == 0
+    s = pd.read_csv(out / "tables" / "bootstrap_summary.csv")
+    assert set(s["backend"]) == {"native", "glm"}
+    assert (s["n_rep"] == 3).all() and (s["n_used"] == 3).all()
+    assert {"sd__(Intercept)"} <= set(s.loc[s.backend == "native", "term"])
+    ref = pd.read_csv(out / "tables" / "bootstrap_reference.csv")
+    assert ref["reference"].iloc[0] == "native ML (Laplace)"
+    d = pd.read_csv(data)
+    native = hc.fit(d, formula, backend="native", family="poisson")
+    row = s[(s.backend == "native") & (s.term == "uvb")].iloc[0]
+    assert row["truth"] == pytest.approx(native.fixef["uvb"], rel=1e-10)
+    assert "9. Parametric bootstrap" in (out / "report.html").read_text()

@@ -198,3 +198,18 @@ def test_results_without_the_interval_column_read_learners_as_conditional():
     p = performance(old).set_index("backend")
     assert np.isnan(p.loc["lightgbm", "coverage"]) and p.loc["lightgbm", "conditional_coverage"] == 0.75
     assert p.loc["native", "coverage"] == 0.75
+
+
+@pytest.mark.skipif(not HAS_LGB, reason="lightgbm not installed")
+def test_lightgbm_binomial_is_projected_and_labelled():
+    sc = hc.Scenario(family="binomial", n_obs=30, nonlinear="sin_threshold")
+    data, _ = hc.simulate(sc, seed=2)
+    kw = dict(backend="lightgbm", family="binomial", seed=1, max_rounds=60)
+    g = hc.fit(data, sc.formula(), **kw)
+    assert _relative_xtf(g).max() < 1e-10
+    t = g.tidy()
+    assert set(t.loc[t["std_error"].notna(), "interval"]) == {"conditional_on_f"}
+    u = hc.fit(data, sc.formula(), orthogonalize=False, **kw)
+    # the projection only moves beta: the Laplace log-likelihood and the SDs stay (glmmcore's optimum, 1e-4)
+    assert g.loglik == pytest.approx(u.loglik, abs=1e-4)
+    np.testing.assert_allclose(g.varcorr["estimate"], u.varcorr["estimate"], rtol=1e-3, atol=1e-4)

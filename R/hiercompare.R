@@ -53,6 +53,13 @@ hc_simulate <- function(seed = 123L) {
 #'   grammar.
 #' @param backend A backend name: `"mixedlm"`, `"native"`, `"ols"`, `"pymc"`, ... (`hc_module()$backends()`
 #'   lists them). The R backends (`"lme4"`, `"r_lm"`, `"brms"`) are unavailable from R and say so.
+#' @param weights Gaussian prior weights with the meaning of `lme4::lmer(weights = )` and `stats::lm(weights = )`:
+#'   row i's residual variance is `sigma^2 / weights[i]`, so the fit (estimates, log-likelihood, REML criterion)
+#'   is lmer's with the same weights. Either the name of a numeric column of `data` (one string, e.g.
+#'   `"n_pupils"`) or a numeric vector with one positive value per row of `data`. `NULL` (the default): no
+#'   weights. A backend without the feature `"weights"` in `hc_module()$backends()` refuses them with an
+#'   error (from R: native and ols take them; lme4 and r_lm take them from Python); so does a non-Gaussian
+#'   family (for successes out of n trials write `cbind(successes, n - successes)`).
 #' @param ... Options passed to the backend (e.g. `method = "ML"`).
 #' @return The Python Fit object; read it with [hc_tidy()].
 #' @examples
@@ -60,9 +67,13 @@ hc_simulate <- function(seed = 123L) {
 #' sim <- hc_simulate(seed = 123)
 #' fit <- hc_fit(sim$data, "y ~ x1 + x2 + (1 + x1 | market) + (1 | market:submarket)", backend = "mixedlm")
 #' hc_tidy(fit)
+#' # prior weights, as lme4::lmer(y ~ x2 + (1 | market), data = d, weights = w)
+#' d <- sim$data
+#' d$w <- rep(c(0.5, 1, 2), length.out = nrow(d))
+#' hc_tidy(hc_fit(d, "y ~ x2 + (1 | market)", backend = "native", weights = "w"))
 #' }
 #' @export
-hc_fit <- function(data, formula, backend = "mixedlm", ...) {
+hc_fit <- function(data, formula, backend = "mixedlm", weights = NULL, ...) {
   if (!is.data.frame(data)) stop("data must be a data.frame; got ", class(data)[1L], call. = FALSE)
   if (inherits(formula, "formula")) formula <- paste(deparse(formula, width.cutoff = 500L), collapse = " ")
   if (!is.character(formula) || length(formula) != 1L || is.na(formula)) {
@@ -71,8 +82,42 @@ hc_fit <- function(data, formula, backend = "mixedlm", ...) {
   if (!is.character(backend) || length(backend) != 1L || is.na(backend)) {
     stop("backend must be one backend name, e.g. \"mixedlm\"", call. = FALSE)
   }
+  weights <- hc_weights(weights, data)
   hc <- hc_module()
-  hc$fit(reticulate::r_to_py(data), formula, backend = backend, ...)
+  if (is.null(weights)) {
+    return(hc$fit(reticulate::r_to_py(data), formula, backend = backend, ...))
+  }
+  hc$fit(reticulate::r_to_py(data), formula, backend = backend, weights = weights, ...)
+}
+
+# hc_fit()'s weights as the Python side takes them: NULL, a column name (checked here), or a Python list of one
+# float per row (a list, so that a one-row data set's weight stays a sequence; not a numpy array, which
+# reticulate 1.28 cannot build against NumPy 2).
+hc_weights <- function(weights, data) {
+  if (is.null(weights)) {
+    return(NULL)
+  }
+  if (is.character(weights)) {
+    if (length(weights) != 1L || is.na(weights)) {
+      stop("weights must be one column name or a numeric vector with one value per row", call. = FALSE)
+    }
+    if (!weights %in% names(data)) {
+      stop("weights names a column that data does not have: '", weights, "'", call. = FALSE)
+    }
+    if (!is.numeric(data[[weights]])) {
+      stop("the weights column '", weights, "' must be numeric; it is ", class(data[[weights]])[1L], call. = FALSE)
+    }
+    return(weights)
+  }
+  if (!is.numeric(weights) || is.matrix(weights)) {
+    stop("weights must be one column name or a numeric vector; got ", class(weights)[1L], call. = FALSE)
+  }
+  if (length(weights) != nrow(data)) {
+    stop("weights has ", length(weights), " values; data has ", nrow(data), " rows (one weight per row)",
+         call. = FALSE)
+  }
+  if (anyNA(weights)) stop("weights has missing values; drop those rows from data first", call. = FALSE)
+  reticulate::r_to_py(as.list(as.numeric(weights)))
 }
 
 #' A fit as a tidy data.frame, in broom.mixed's layout and with R's term names

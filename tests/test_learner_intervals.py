@@ -213,3 +213,13 @@ def test_lightgbm_binomial_is_projected_and_labelled():
     # the projection only moves beta: the Laplace log-likelihood and the SDs stay (glmmcore's optimum, 1e-4)
     assert g.loglik == pytest.approx(u.loglik, abs=1e-4)
     np.testing.assert_allclose(g.varcorr["estimate"], u.varcorr["estimate"], rtol=1e-3, atol=1e-4)
+
+
+def test_compare_report_marks_conditional_intervals():
+    from hiercompare.report.compare import _estimate_cell
+
+    row = dict(estimate=1.0, conf_low=0.5, conf_high=1.5)
+    assert _estimate_cell(pd.DataFrame([{**row, "interval": "conditional_on_f"}])) == \
+        "1.0000 [0.5000, 1.5000] conditional on f(x)"
+    assert _estimate_cell(pd.DataFrame([{**row, "interval": ""}])) == "1.0000 [0.5000, 1.5000]"
+    assert _estimate_cell(pd.DataFrame([row])) == "1.0000 [0.5000, 1.5000]"  # tables from before the column

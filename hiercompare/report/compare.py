@@ -66,12 +66,17 @@ def _table(results: dict, name: str, cols: list[str] | None = None) -> dict:
 
 
 def _estimate_cell(rows: pd.DataFrame) -> str:
-    """``estimate [conf_low, conf_high]`` of the first row ("" when there is none; no interval when absent)."""
+    """``estimate [conf_low, conf_high]`` of the first row ("" when there is none; no interval when absent), the
+    interval followed by ``conditional on f(x)`` / ``cluster bootstrap`` where the row's ``interval`` says so (the
+    learners' intervals)."""
     if rows.empty:
         return ""
     r = rows.iloc[0]
     ci = (f" [{_fmt(r['conf_low'])}, {_fmt(r['conf_high'])}]"
           if pd.notna(r.get("conf_low")) and pd.notna(r.get("conf_high")) else "")
+    kind = r.get("interval")
+    if ci and isinstance(kind, str) and kind:
+        ci += " " + {"conditional_on_f": "conditional on f(x)", "cluster_bootstrap": "cluster bootstrap"}.get(kind, kind)
     return f"{_fmt(r['estimate'])}{ci}"
 
 

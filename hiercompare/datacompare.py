@@ -514,7 +514,47 @@ def compare_data(
         pictures and the bootstrap run on that sample; the report says so.
     batch_rows : int, optional
         Rows per batch when streaming.
+
+    Notes
+    -----
+    Everything in this process runs with one BLAS/OpenMP thread (and one torch thread), as a study's fits do
+    (:func:`hiercompare.runenv.one_thread`): the comparison is many small fits, which a second BLAS thread
+    slows down on a busy 2-core machine (an SVD of the 5,000 x 61 dummy design: 0.33 s with two threads beside
+    another process, 0.034 s with one), and the numbers then do not depend on the thread count. A streamed
+    comparison (``stream=True``) keeps the machine's threads: its per-batch sums over all rows are large
+    products.
     """
+    from .runenv import one_thread
+
+    with contextlib.nullcontext() if stream else one_thread():
+        return _compare_data(data, formulas, backends=backends, family=family, method=method, out=out, cv=cv,
+                             cv_folds=cv_folds, cv_backends=cv_backends, bootstrap=bootstrap, workers=workers,
+                             scheduler=scheduler, seed=seed, na_action=na_action, options=options, allfit=allfit,
+                             stream=stream, subsample=subsample, batch_rows=batch_rows, progress=progress)
+
+
+def _compare_data(
+    data: pd.DataFrame | str | os.PathLike,
+    formulas: str | list[str],
+    backends: str | list[str] | None = None,
+    family: str | None = None,
+    method: str = "REML",
+    out: str | os.PathLike | None = None,
+    cv: str | list[str] | None = "top",
+    cv_folds: int = 5,
+    cv_backends: list[str] | None = None,
+    bootstrap: int = 0,
+    workers: int = 1,
+    scheduler=None,
+    seed: int = 0,
+    na_action: str = "error",
+    options: dict[str, dict] | None = None,
+    allfit: bool = False,
+    stream: bool = False,
+    subsample: int | None = None,
+    batch_rows: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> DataComparison:
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
     from .sources import is_source, source_name

@@ -118,7 +118,12 @@ class GlmmRandomEffects:
         Refits during training use the PWRSS covariance of beta; ``final`` computes lme4's Hessian-based one."""
         self.core.set_offset(self.base + np.asarray(offset, dtype=float))
         if optimise or self.result is None:
-            self.result = self.core.fit(theta0=self.theta, beta0=self.beta, nb_theta0=self.knb,
+            # the first fit starts where glmmcore.fit starts by itself (theta0=None: its penalised quasi-likelihood
+            # start); from theta = 1 the NB optimum was missed (a boundary, log-likelihood lower by 9-17 on the
+            # seed tree). Later refits warm-start at the last theta.
+            first = self.result is None
+            self.result = self.core.fit(theta0=None if first else self.theta, beta0=None if first else self.beta,
+                                        nb_theta0=None if first else self.knb,
                                         vcov="hessian" if final else "rx")
             self.theta, self.beta, self.knb = self.result.theta, self.result.beta, self.result.nb_theta
             self.state = self.core._warm

@@ -93,6 +93,8 @@ def test_lightgbm_intervals_are_labelled_conditional_or_dropped(nonlinear_data):
         hc.fit(nonlinear_data, F, backend="lightgbm", intervals="wald")
     with pytest.raises(hc.SpecError, match="bootstrap_draws"):
         hc.fit(nonlinear_data, F, backend="lightgbm", intervals="bootstrap", bootstrap_draws=5)
+    with pytest.raises(hc.SpecError, match="bootstrap_ci"):
+        hc.fit(nonlinear_data, F, backend="lightgbm", intervals="bootstrap", bootstrap_ci="bca")
 
 
 @pytest.mark.skipif(not HAS_LGB, reason="lightgbm not installed")
@@ -107,15 +109,24 @@ def test_lightgbm_cluster_bootstrap(nonlinear_data):
     assert set(tb.loc[~fp, "interval"]) == {"conditional_on_f"}  # group effects stay conditional, labelled
     assert tb.loc[fp, ["df", "p_value"]].isna().all().all()
     draws = b.extras["bootstrap_draws"]
-    assert b.diagnostics["bootstrap"] == {"draws": 24, "failed": 0, "first_error": None}
+    assert b.diagnostics["bootstrap"] == {"draws": 24, "failed": 0, "first_error": None, "ci": "basic"}
     assert draws["draw"].nunique() == 24
-    for r in tb[fp].itertuples():
+    assert b.diagnostics["bootstrap"]["ci"] == "basic"
+    pc = hc.fit(nonlinear_data, F, intervals="bootstrap", bootstrap_draws=24, bootstrap_ci="percentile", **kw).tidy()
+    for r, p in zip(tb[fp].itertuples(), pc[fp].itertuples()):
         d = draws.loc[(draws["effect"] == r.effect) & (draws["group"] == r.group) & (draws["term"] == r.term),
                       "estimate"].to_numpy()
         assert len(d) == 24
         assert r.std_error == pytest.approx(np.std(d, ddof=1), rel=1e-12)
-        assert r.conf_low == pytest.approx(np.quantile(d, 0.025), rel=1e-12)
-        assert r.conf_high == pytest.approx(np.quantile(d, 0.975), rel=1e-12)
+        q_lo, q_hi = np.quantile(d, [0.025, 0.975])
+        lo, hi = 2 * r.estimate - q_hi, 2 * r.estimate - q_lo  # the basic interval (the default)
+        if r.term.startswith("cor__"):
+            lo, hi = max(lo, -1), min(hi, 1)
+        elif r.effect == "ran_pars":
+            lo, hi = max(lo, 0), max(hi, 0)
+        assert r.conf_low == pytest.approx(lo, rel=1e-12, abs=1e-14)
+        assert r.conf_high == pytest.approx(hi, rel=1e-12, abs=1e-14)
+        assert (p.conf_low, p.conf_high) == pytest.approx((q_lo, q_hi), rel=1e-12)  # bootstrap_ci="percentile"
     # f is re-learned in every draw: the draws of x2 vary, and its bootstrap SE is of the conditional SE's order
     se_b = tb.set_index(["effect", "term"]).loc[("fixed", "x2"), "std_error"]
     se_c = tc.set_index(["effect", "term"]).loc[("fixed", "x2"), "std_error"]

@@ -256,15 +256,25 @@ def default_features(md: ModelData) -> tuple[str, ...]:
 #: The learners' ``intervals`` option (see :func:`finish_table` and docs/learners.md):
 #: ``"conditional"`` -- Wald intervals for the fixed effects and BLUP intervals computed as if the learned f(x) were
 #: known, every such row labelled ``interval = "conditional_on_f"``; ``"bootstrap"`` -- a cluster bootstrap over the
-#: top-level groups (:func:`cluster_bootstrap`) for the fixed effects and the variance parameters, the group
+#: top-level groups (:func:`cluster_bootstrap`, intervals :data:`BOOTSTRAP_CIS`) for the fixed effects and the
+#: variance parameters, the group
 #: effects' rows staying conditional (labelled); ``"none"`` -- estimates only, every SE and interval empty.
 INTERVALS = ("conditional", "bootstrap", "none")
 
 
-def check_intervals(intervals: str, draws: int) -> str:
-    """``intervals`` validated (one of :data:`INTERVALS`) and ``draws`` (the bootstrap's) checked."""
+#: The bootstrap's interval from the draws q (``bootstrap_ci``): ``"basic"`` (default: 2 estimate - the 97.5% and
+#: 2.5% quantiles, Davison & Hinkley's basic interval, which corrects for a shift of the draws from the estimate),
+#: ``"percentile"`` (the 2.5% and 97.5% quantiles), ``"normal"`` (estimate -+ 1.96 SD of the draws). SDs are
+#: clipped at 0, correlations to [-1, 1].
+BOOTSTRAP_CIS = ("basic", "percentile", "normal")
+
+
+def check_intervals(intervals: str, draws: int, ci: str = "basic") -> str:
+    """``intervals`` validated (one of :data:`INTERVALS`), ``draws`` and ``ci`` (the bootstrap's) checked."""
     if intervals not in INTERVALS:
         raise SpecError(f"intervals must be one of {list(INTERVALS)}, got {intervals!r}")
+    if ci not in BOOTSTRAP_CIS:
+        raise SpecError(f"bootstrap_ci must be one of {list(BOOTSTRAP_CIS)}, got {ci!r}")
     if intervals == "bootstrap" and int(draws) < 20:
         raise SpecError(f"bootstrap_draws must be >= 20 for percentile intervals, got {draws!r}")
     return intervals
@@ -342,12 +352,15 @@ def cluster_bootstrap(md: ModelData, refit: Callable[[ModelData, int], pd.DataFr
     return boot, {"draws": int(draws), "failed": failed, "first_error": first_error}
 
 
-def bootstrap_table(table: pd.DataFrame, boot: pd.DataFrame, info: dict, level: float = 0.95) -> pd.DataFrame:
-    """``table`` (the learner's own fit) with the bootstrap's SEs (SD of the draws) and percentile intervals on
-    the fixed effects and the variance parameters (``interval = "cluster_bootstrap"``); the group effects' rows
+def bootstrap_table(table: pd.DataFrame, boot: pd.DataFrame, info: dict, level: float = 0.95,
+                    ci: str = "basic") -> pd.DataFrame:
+    """``table`` (the learner's own fit) with the bootstrap's SEs (SD of the draws) and ``ci`` intervals
+    (:data:`BOOTSTRAP_CIS`) on the fixed effects and the variance parameters (``interval = "cluster_bootstrap"``);
+    the group effects' rows
     keep their conditional intervals, labelled ``"conditional_on_f"``. df and p-values are emptied (the bootstrap
     gives neither). A parameter with fewer than 20 successful draws (or more than a fifth of the draws failed)
     gets no interval."""
+    from ..results import normal_quantile
     from ..schema import INTERVAL_BOOTSTRAP
 
     out = label_conditional(table)
@@ -364,15 +377,29 @@ def bootstrap_table(table: pd.DataFrame, boot: pd.DataFrame, info: dict, level: 
         est = est[np.isfinite(est)]
         if len(est) < 20:
             continue
-        out.iloc[i, out.columns.get_loc("std_error")] = float(np.std(est, ddof=1))
-        out.iloc[i, out.columns.get_loc("conf_low")] = float(np.quantile(est, a))
-        out.iloc[i, out.columns.get_loc("conf_high")] = float(np.quantile(est, 1 - a))
+        sd = float(np.std(est, ddof=1))
+        q_lo, q_hi = (float(q) for q in np.quantile(est, [a, 1 - a]))
+        theta = float(r["estimate"])
+        if ci == "percentile":
+            lo, hi = q_lo, q_hi
+        elif ci == "basic":
+            lo, hi = 2 * theta - q_hi, 2 * theta - q_lo
+        else:
+            z = normal_quantile(level)
+            lo, hi = theta - z * sd, theta + z * sd
+        if r["effect"] == "ran_pars" and str(r["term"]).startswith("cor__"):
+            lo, hi = max(lo, -1.0), min(hi, 1.0)
+        elif r["effect"] == "ran_pars":  # SDs and the NB size are positive
+            lo, hi = max(lo, 0.0), max(hi, 0.0)
+        out.iloc[i, out.columns.get_loc("std_error")] = sd
+        out.iloc[i, out.columns.get_loc("conf_low")] = lo
+        out.iloc[i, out.columns.get_loc("conf_high")] = hi
         out.iloc[i, out.columns.get_loc("interval")] = INTERVAL_BOOTSTRAP
     return out
 
 
 def finish_table(table: pd.DataFrame, intervals: str, md: ModelData, refit: Callable[[ModelData, int], pd.DataFrame],
-                 draws: int, seed: int) -> tuple[pd.DataFrame, list[str], dict, dict]:
+                 draws: int, seed: int, ci: str = "basic") -> tuple[pd.DataFrame, list[str], dict, dict]:
     """The learner's tidy table under its ``intervals`` option; returns (table, notes, diagnostics entries, Fit
     extras: ``bootstrap_draws``, the draws' estimates, for ``"bootstrap"``)."""
     if intervals == "none":
@@ -381,15 +408,15 @@ def finish_table(table: pd.DataFrame, intervals: str, md: ModelData, refit: Call
     if intervals == "conditional":
         return label_conditional(table), [CONDITIONAL_NOTE], {"intervals": intervals}, {}
     boot, info = cluster_bootstrap(md, refit, draws, seed)
-    out = bootstrap_table(table, boot, info)
+    out = bootstrap_table(table, boot, info, ci=ci)
     G = md.hierarchy.levels[0].n_groups
     note = (f"intervals='bootstrap': fixed effects and variance parameters from a cluster bootstrap over the "
             f"{G} {md.hierarchy.levels[0].group} groups ({info['draws'] - info['failed']} of {info['draws']} draws "
             "fitted; f(x) re-learned in every draw with the rounds / epochs chosen on the data; SE = SD of the "
-            "draws, 95% percentile intervals); the group effects' intervals stay conditional on f(x) (labelled)")
+            f"draws, 95% {ci} intervals); the group effects' intervals stay conditional on f(x) (labelled)")
     if info["failed"] > 0.2 * info["draws"] or info["draws"] - info["failed"] < 20:
         note += f"; too many draws failed ({info['failed']}, first: {info['first_error']}): no intervals"
-    return out, [note], {"intervals": intervals, "bootstrap": info}, {"bootstrap_draws": boot}
+    return out, [note], {"intervals": intervals, "bootstrap": {**info, "ci": ci}}, {"bootstrap_draws": boot}
 
 
 CONDITIONAL_NOTE = ("intervals='conditional': the SEs and intervals (interval column 'conditional_on_f') treat the "

@@ -71,17 +71,19 @@ class LightGBMBackend(Backend):
     def fit(self, md: ModelData, method: str = "REML", max_rounds: int = 1000, early_stopping: int = 50,
             refit_every: int = 10, validation_fraction: float = 0.2, features: tuple[str, ...] | None = None,
             seed: int | None = None, params: dict | None = None, orthogonalize: bool = True,
-            intervals: str = "conditional", bootstrap_draws: int = 200, **options) -> Fit:
+            intervals: str = "conditional", bootstrap_draws: int = 200, bootstrap_ci: str = "basic",
+            **options) -> Fit:
         """Options: ``max_rounds``, ``early_stopping``, ``refit_every``, ``validation_fraction`` (0: boost
         ``max_rounds`` rounds), ``features``, ``seed``, ``params`` (LightGBM's); ``orthogonalize`` (project the
         learned F off the fixed design on the fitting rows, as ``torch`` does, so beta is the best linear population
         term and f the nonlinear remainder; False: only centre F); ``intervals``: ``"conditional"`` (Wald / BLUP
         intervals treating F as known, labelled ``conditional_on_f``), ``"bootstrap"`` (cluster bootstrap over the
-        top-level groups, ``bootstrap_draws`` refits), ``"none"`` (no SEs or intervals); see
+        top-level groups, ``bootstrap_draws`` refits, ``bootstrap_ci`` basic / percentile / normal intervals),
+        ``"none"`` (no SEs or intervals); see
         :func:`hiercompare.backends.learners.finish_table`."""
         if options:
             raise TypeError(f"unknown lightgbm options {sorted(options)}")
-        intervals = learners.check_intervals(intervals, bootstrap_draws)
+        intervals = learners.check_intervals(intervals, bootstrap_draws, bootstrap_ci)
         seed = 0 if seed is None else int(seed)
         feats = tuple(features) if features else learners.default_features(md)
         lgb_params = {**DEFAULT_PARAMS, **(params or {}), "seed": seed}
@@ -108,7 +110,7 @@ class LightGBMBackend(Backend):
                             params=params, orthogonalize=orthogonalize, intervals="none").table
 
         table, interval_notes, interval_diag, extras = learners.finish_table(tidy_rows(md, res), intervals, md, refit,
-                                                                     bootstrap_draws, seed)
+                                                                     bootstrap_draws, seed, bootstrap_ci)
         return Fit(
             backend=self.name, spec=md.spec, table=table, model=md, loglik=res.loglik,
             method=method.upper() if gaussian else "ML (Laplace)", nobs=md.n, nonlinear=nonlinear, raw=booster,

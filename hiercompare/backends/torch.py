@@ -252,6 +252,7 @@ class TorchBackend(Backend):
             weight_decay: float = 1e-4, method: str = "REML", seed: int | None = None, features=None,
             validation_fraction: float = 0.2, refit_every: int = 10, patience: int = 15,
             orthogonalize: bool = True, intervals: str = "conditional", bootstrap_draws: int = 200,
+            bootstrap_ci: str = "basic",
             **options) -> Fit:
         """Options: ``hidden`` layer widths; ``epochs`` (maximum; also the count used without validation);
         ``lr`` and ``weight_decay`` (AdamW, full batch); ``method`` REML/ML; ``seed`` (torch and the
@@ -261,10 +262,11 @@ class TorchBackend(Backend):
         ``orthogonalize`` (project f off the fixed design, else only centre it); ``intervals``:
         ``"conditional"`` (Wald / BLUP intervals treating f as known, labelled ``conditional_on_f``),
         ``"bootstrap"`` (cluster bootstrap over the top-level groups, ``bootstrap_draws`` refits with the epochs
-        chosen here), ``"none"``; see :func:`hiercompare.backends.learners.finish_table`."""
+        chosen here; ``bootstrap_ci`` basic / percentile / normal), ``"none"``; see
+        :func:`hiercompare.backends.learners.finish_table`."""
         if options:
             raise TypeError(f"unknown torch options {sorted(options)}")
-        intervals = check_intervals(intervals, bootstrap_draws)
+        intervals = check_intervals(intervals, bootstrap_draws, bootstrap_ci)
         method = _check_common(md, method, hidden, epochs, lr, weight_decay, validation_fraction, FAMILIES)
         if int(refit_every) < 1 or int(patience) < 1:
             raise SpecError("refit_every and patience must be >= 1")
@@ -323,7 +325,7 @@ class TorchBackend(Backend):
                             intervals="none").table
 
         table, interval_notes, interval_diag, extras = finish_table(tidy_rows(md, res), intervals, md, refit_b,
-                                                                    bootstrap_draws, seed_used)
+                                                                    bootstrap_draws, seed_used, bootstrap_ci)
         diagnostics["notes"] = interval_notes + diagnostics["notes"]
         diagnostics.update(interval_diag)
         return Fit(backend=self.name, spec=md.spec, table=table, model=md, loglik=res.loglik,

@@ -10,7 +10,8 @@ The model is the formula's Gaussian LMM with a learned population-level function
 f is a multilayer perceptron on the feature columns (by default every numeric fixed or slope variable,
 :func:`~hiercompare.backends.learners.default_features`). f and the variance parameters theta are trained
 jointly on the exact Gaussian marginal likelihood (REML or ML) of :mod:`hiercompare.mixedcore`, in the
-spirit of LMMNN (Simchoni & Rosset 2021/2023) but without mini-batch approximations:
+spirit of LMMNN (Simchoni & Rosset 2021/2023) but without LMMNN's per-minibatch likelihood approximation
+(the BLUPs and the gradient's target always come from all rows):
 
 * For fixed theta, beta and b profiled out, the gradient of the marginal negative log-likelihood with
   respect to the vector f(x_1..x_n) is ``-(y - f - X beta_hat - Z b_hat) / sigma^2`` (envelope identity, see
@@ -18,6 +19,13 @@ spirit of LMMNN (Simchoni & Rosset 2021/2023) but without mini-batch approximati
   theta (``RandomEffects.update(offset=f, optimise=False)``, one pass over the rows), and one full-batch
   AdamW step is taken on ``0.5 * mean((target - f)^2)`` with the detached target ``y - X beta_hat - Z b_hat``:
   its gradient in f is exactly the NLL gradient times sigma^2 / n.
+* Above :data:`AUTO_FULL_BATCH_ROWS` rows (``batch_size="auto"``) an epoch is instead one pass over the rows
+  in shuffled minibatches of :data:`AUTO_BATCH` rows, every minibatch step fitting the target computed from
+  all rows at the epoch's start (backfitting: f is fitted to the conditional residual for one pass, then the
+  BLUPs follow f; the fixed point is the same joint optimum). The full batch cost one forward and backward
+  pass over all rows per AdamW step and needed hundreds of steps; minibatches take ``n / AUTO_BATCH`` steps
+  per pass, so a few passes do what hundreds did (docs/torch.md has the measurements). theta is then refitted and the validation checked every epoch (``refit_every=1``,
+  ``patience=5``), since an epoch is many steps.
 * Every ``refit_every`` epochs theta is re-optimised on the current offset (warm-started mixedcore fit).
 * The last layer starts at zero, so epoch 0 is exactly the linear ``native`` fit.
 * Epochs are chosen by group-aware validation (:func:`~hiercompare.backends.learners.group_aware_split`):
@@ -84,8 +92,10 @@ gradient in f is the approximate marginal NLL's (over n). theta, beta and the NB
 Laplace likelihood every ``refit_every`` epochs; the validation metric is the held-out rows' mean deviance
 (-2 log p) given their groups' modes. The network's output is on the link scale (no response scaling).
 
-Both backends: full-batch training in float32 on CUDA when ``torch.cuda.is_available()``, else on the CPU
-(deterministic there for a given seed and thread count); ``seed`` (passed by ``hiercompare.fit(seed=...)``,
+Both backends: training in float32 on CUDA when ``torch.cuda.is_available()`` (``torch``: or on ``device``),
+else on the CPU (deterministic there for a given seed and thread count; ``torch``'s ``threads`` sets torch's
+CPU threads during the fit: on a shared, loaded machine one thread can be several times faster than two);
+``torch-embed`` trains full batch; ``seed`` (passed by ``hiercompare.fit(seed=...)``,
 None -> 0) seeds the network initialisation (``torch.manual_seed`` inside ``torch.random.fork_rng``, so the
 caller's global torch state is untouched) and the numpy validation split. The fitted networks are moved to
 the CPU for ``predict``; features with NaN raise DataError there.
@@ -112,9 +122,15 @@ INSTALL_HINT = ("install PyTorch (CPU build: `pip install torch --index-url http
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _device():
+def _device(device: str | None = None):
+    """``device`` (e.g. "cpu", "cuda"), or CUDA where torch sees it, else the CPU."""
     import torch
 
+    if device is not None:
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise SpecError(f"device {device!r}: torch sees no CUDA device here")
+        return dev
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -144,6 +160,22 @@ def _seeded(seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch's intra-op CPU threads set to ``n`` inside (None: left alone), restored after."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _features(md: ModelData, features) -> tuple[str, ...]:
@@ -250,15 +282,21 @@ class TorchBackend(Backend):
 
     def fit(self, md: ModelData, hidden=(64, 64), epochs: int = 1500, lr: float = 0.01,
             weight_decay: float = 1e-4, method: str = "REML", seed: int | None = None, features=None,
-            validation_fraction: float = 0.2, refit_every: int = 10, patience: int = 15,
+            validation_fraction: float = 0.2, refit_every: int | None = None, patience: int | None = None,
             orthogonalize: bool = True, intervals: str = "conditional", bootstrap_draws: int = 200,
             bootstrap_ci: str = "basic",
+            batch_size: int | str | None = "auto", threads: int | None = None, device: str | None = None,
             **options) -> Fit:
         """Options: ``hidden`` layer widths; ``epochs`` (maximum; also the count used without validation);
-        ``lr`` and ``weight_decay`` (AdamW, full batch); ``method`` REML/ML; ``seed`` (torch and the
+        ``lr`` and ``weight_decay`` (AdamW); ``batch_size``: ``"auto"`` (full batch up to
+        :data:`AUTO_FULL_BATCH_ROWS` rows, else minibatches of :data:`AUTO_BATCH` rows), ``None`` (full batch)
+        or rows per step; ``method`` REML/ML; ``seed`` (torch and the
         validation split; None -> 0); ``features`` (numeric formula columns f sees); ``validation_fraction``
         (0: no validation, train ``epochs`` epochs); ``refit_every`` (epochs between theta re-optimisations
-        and validation checks); ``patience`` (validation checks without improvement before stopping);
+        and validation checks; None: 10 with full batches, 1 with minibatches); ``patience`` (validation checks
+        without improvement before stopping; None: 15 with full batches, 5 with minibatches); ``threads``
+        (torch's CPU threads during the fit, restored after; None: torch's setting); ``device`` ("cpu",
+        "cuda", ...; None: CUDA where available, else the CPU);
         ``orthogonalize`` (project f off the fixed design, else only centre it); ``intervals``:
         ``"conditional"`` (Wald / BLUP intervals treating f as known, labelled ``conditional_on_f``),
         ``"bootstrap"`` (cluster bootstrap over the top-level groups, ``bootstrap_draws`` refits with the epochs
@@ -268,13 +306,18 @@ class TorchBackend(Backend):
             raise TypeError(f"unknown torch options {sorted(options)}")
         intervals = check_intervals(intervals, bootstrap_draws, bootstrap_ci)
         method = _check_common(md, method, hidden, epochs, lr, weight_decay, validation_fraction, FAMILIES)
-        if int(refit_every) < 1 or int(patience) < 1:
+        bs = _batch_size(batch_size, md.n)
+        refit_every = int(refit_every) if refit_every is not None else (10 if bs is None else 1)
+        patience = int(patience) if patience is not None else (15 if bs is None else 5)
+        if refit_every < 1 or patience < 1:
             raise SpecError("refit_every and patience must be >= 1")
+        if threads is not None and int(threads) < 1:
+            raise SpecError(f"threads must be None or >= 1, got {threads!r}")
         feats = _features(md, features)
         seed_used = 0 if seed is None else int(seed)
-        device = _device()
+        device = _device(device)
         cfg = dict(hidden=tuple(int(h) for h in hidden), lr=float(lr), weight_decay=float(weight_decay),
-                   method=method, refit_every=int(refit_every), patience=int(patience), device=device)
+                   method=method, refit_every=refit_every, patience=patience, device=device, batch_size=bs)
         notes = ["torch (LMMNN-style): fixed effects, SDs, BLUPs and the log-likelihood are conditional on the "
                  "learned f(x); its estimation uncertainty is not propagated (intervals='bootstrap' propagates it)"]
         curve: list[tuple[int, float]] = []
@@ -285,12 +328,12 @@ class TorchBackend(Backend):
             val = _ValidationSet(md_tr, md.data.loc[va].reset_index(drop=True), md.y[va], feats,
                                  offset=md.offset[va] if md.offset is not None else None,
                                  trials=md.trials[va] if md.trials is not None else None)
-            with _seeded(seed_used):
+            with _seeded(seed_used), _threads(threads):
                 curve[:] = _train_lmmnn(md_tr, feats, int(epochs), cfg, val=val)[2]
             return min(curve, key=lambda t: (t[1], t[0]))[0]
 
         def refit(n):
-            with _seeded(seed_used):
+            with _seeded(seed_used), _threads(threads):
                 return _train_lmmnn(md, feats, n, cfg, val=None)
 
         (fn, re, _), chosen, skipped = validate_then_refit(md, validation_fraction, seed_used, int(epochs), "epochs",
@@ -310,6 +353,7 @@ class TorchBackend(Backend):
             "validation": _curve_summary(curve, validation_fraction),
             "device": str(device), "seed_used": seed_used, "features": list(feats),
             "hidden": list(cfg["hidden"]), "theta": res.theta.tolist(),
+            "batch_size": bs, "refit_every": refit_every, "patience": patience,
             "optimizer": res.optimizer,
         }
         eta = fn(md.data) + re.linear_part(res) + re.base
@@ -321,7 +365,8 @@ class TorchBackend(Backend):
         def refit_b(md_b, seed_b):  # the bootstrap's refit: same options, the epochs chosen here, no validation
             return self.fit(md_b, hidden=hidden, epochs=max(int(chosen), 1), lr=lr, weight_decay=weight_decay,
                             method=method, seed=seed_b, features=feats, validation_fraction=0.0,
-                            refit_every=refit_every, patience=patience, orthogonalize=orthogonalize,
+                            refit_every=refit_every, patience=patience, orthogonalize=orthogonalize, batch_size=bs,
+                            threads=threads, device=str(device),
                             intervals="none").table
 
         table, interval_notes, interval_diag, extras = finish_table(tidy_rows(md, res), intervals, md, refit_b,
@@ -331,6 +376,25 @@ class TorchBackend(Backend):
         return Fit(backend=self.name, spec=md.spec, table=table, model=md, loglik=res.loglik,
                    method=method if gaussian else "ML (Laplace)", nobs=md.n, diagnostics=diagnostics, raw=res,
                    nonlinear=fn, extras=extras)
+
+
+#: ``batch_size="auto"``: full batch up to this many rows, minibatches of :data:`AUTO_BATCH` rows above
+AUTO_FULL_BATCH_ROWS = 20_000
+AUTO_BATCH = 8192
+
+
+def _batch_size(batch_size, n: int) -> int | None:
+    """The rows per step: None for full batch. Decided once from the fitting rows ``n`` (so the validation run
+    on a subset and the refit on all rows train alike)."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, str):
+        if batch_size != "auto":
+            raise SpecError(f"batch_size must be 'auto', None (full batch) or a positive int, got {batch_size!r}")
+        return None if n <= AUTO_FULL_BATCH_ROWS else AUTO_BATCH
+    if int(batch_size) < 1:
+        raise SpecError(f"batch_size must be 'auto', None (full batch) or a positive int, got {batch_size!r}")
+    return None if int(batch_size) >= n else int(batch_size)
 
 
 class _ValidationSet:
@@ -360,7 +424,11 @@ class _ValidationSet:
 
 def _train_lmmnn(md: ModelData, feats, n_epochs: int, cfg: dict, val: _ValidationSet | None):
     """Joint training of f and theta on ``md``; with ``val``, validation MSE after every theta refit and early
-    stopping. Returns (NeuralF on CPU, RandomEffects, curve [(epoch, val_mse)])."""
+    stopping. Returns (NeuralF on CPU, RandomEffects, curve [(epoch, val_mse)]).
+
+    ``cfg["batch_size"]`` None: one full-batch step per epoch (the step's target computed at the current f).
+    An int: an epoch is one pass over the rows in shuffled minibatches of about that size, all fitting the
+    target computed at the epoch's start (backfitting: the random effects follow f once per pass)."""
     import torch
 
     device = cfg["device"]
@@ -373,11 +441,17 @@ def _train_lmmnn(md: ModelData, feats, n_epochs: int, cfg: dict, val: _Validatio
     Ft = torch.as_tensor(scaler(F), dtype=torch.float32, device=device)
     Fv = None if val is None else torch.as_tensor(scaler(val.F), dtype=torch.float32, device=device)
     re = random_effects(md, method=cfg["method"])
+    bs = cfg.get("batch_size")
+    n_batches = 1 if bs is None else max(1, -(-md.n // int(bs)))  # ceil: batches of equal size within 1 row
     curve: list[tuple[int, float]] = []
     best, since = math.inf, 0
     for ep in range(n_epochs + 1):
-        g = net(Ft)[:, 0] * y_scale
-        offset = g.detach().cpu().numpy().astype(np.float64)
+        if n_batches == 1:  # full batch: this forward pass is also the step's (its graph is kept)
+            g = net(Ft)[:, 0] * y_scale
+            offset = g.detach().cpu().numpy().astype(np.float64)
+        else:
+            with torch.no_grad():
+                offset = (net(Ft)[:, 0] * y_scale).cpu().numpy().astype(np.float64)
         refit = ep % cfg["refit_every"] == 0 or ep == n_epochs
         res = re.update(offset, optimise=refit)
         if val is not None and refit:
@@ -398,11 +472,24 @@ def _train_lmmnn(md: ModelData, feats, n_epochs: int, cfg: dict, val: _Validatio
             break
         target, weight = re.newton_target(offset)
         target = torch.as_tensor(target, dtype=torch.float32, device=device)
-        weight = torch.as_tensor(weight, dtype=torch.float32, device=device)
-        loss = 0.5 * torch.mean(weight * (target - g) ** 2)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        # the Gaussian weights are all 1: multiplying by them is exact, so they are left out
+        weight = None if gaussian else torch.as_tensor(weight, dtype=torch.float32, device=device)
+        if n_batches == 1:
+            batches = [(g, target, weight)]
+        else:
+            # the permutation is drawn on the CPU (torch's seeded generator) whatever the device
+            perm = torch.randperm(md.n).to(device)
+            Fp, tp = Ft[perm], target[perm]
+            wp = None if weight is None else weight[perm]
+            bounds = np.linspace(0, md.n, n_batches + 1).round().astype(int)
+            batches = ((net(Fp[a:b])[:, 0] * y_scale, tp[a:b], None if wp is None else wp[a:b])
+                       for a, b in zip(bounds[:-1], bounds[1:]))
+        for gb, tb, wb in batches:
+            sq = (tb - gb) ** 2
+            loss = 0.5 * torch.mean(sq if wb is None else wb * sq)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     fn = NeuralF(md, net, feats, scaler, y_scale)
     return fn, re, curve
 

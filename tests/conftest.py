@@ -55,4 +55,4 @@ def sleepstudy():
 
 @pytest.fixture(scope="session")
 def pastes():
-    return pd.read_csv(DATA / "pastes.csv")
+    return pd.read_csv(ROOT / "hiercompare" / "data" / "pastes.csv")  # the shipped copy (hiercompare/data/SOURCES.md)

@@ -30,7 +30,7 @@ def _load(name: str) -> pd.DataFrame:
     if name == "sleepstudy":
         return pd.read_csv(DATA / "sleepstudy.csv", dtype={"Subject": str})
     if name == "pastes":
-        return pd.read_csv(DATA / "pastes.csv")
+        return datasets.load("pastes")  # hiercompare/data/pastes.csv
     return datasets.load("exam")
 
 

@@ -280,7 +280,7 @@ def test_fits_on_local_processes_and_on_dask_give_the_same_tables(tmp_path, past
 def test_glmm_formulas_are_compared_on_their_laplace_fits(tmp_path):
     """Binomial with trials (lme4's cbpp): the model comparison uses the native GLMM fits themselves (ML,
     Laplace): period's 3 dummies give an LRT with 3 df, and AIC counts 4 fixed effects + 1 SD."""
-    d = pd.read_csv(Path(__file__).parent / "data" / "cbpp.csv", dtype={"period": str, "herd": str})
+    d = pd.read_csv(Path(__file__).parent / "data" / "glmm_cbpp.csv", dtype={"period": str, "herd": str})
     fs = ["cbind(incidence, size - incidence) ~ period + (1 | herd)", "cbind(incidence, size - incidence) ~ 1 + (1 | herd)"]
     comp = compare_data(d, fs, family="binomial", backends=["native", "glm"], cv=None, progress=lambda m: None)
     ic = comp.table("information_criteria").set_index("n_params")

@@ -242,7 +242,7 @@ def test_glmm_engines_are_compared_on_their_reported_laplace_likelihoods():
     'different model'."""
     from hiercompare.agreement import compare
 
-    d = pd.read_csv(Path(__file__).parent / "data" / "cbpp.csv")
+    d = pd.read_csv(Path(__file__).parent / "data" / "glmm_cbpp.csv")
     f = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
     fits = [hc.fit(d, f, family="binomial", backend=b) for b in ("native", "lme4", "glm", "r_glm")]
     dg = diagnose(fits, compare(fits))

@@ -1,7 +1,7 @@
 """The pictures of a fit on the user's own data (report.plots): shrinkage, caterpillars, the decomposition, the
 hierarchy diagram and the LightGBM tree, each from tidy frames and each with the table behind it.
 
-The data set is lme4's Pastes (tests/data/pastes.csv: strength ~ 1 + (1|batch) + (1|batch:cask), 10 batches of
+The data set is lme4's Pastes (hiercompare/data/pastes.csv: strength ~ 1 + (1|batch) + (1|batch:cask), 10 batches of
 3 casks of 2 rows), fitted by native (partial pooling) and ols (no pooling). The edge cases the report must
 survive: one level only, a varying slope, a backend missing, a group with one row, and a tree too large to draw.
 """
@@ -45,7 +45,7 @@ def _tidy(fits: dict) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def pastes():
-    data = pd.read_csv(DATA / "pastes.csv")
+    data = hc.datasets.load("pastes")
     fits = _fits(data, PASTES)
     return dict(data=data, fits=fits, tidy=_tidy(fits))
 

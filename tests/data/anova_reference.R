@@ -14,7 +14,7 @@ hc_anova_sets <- list(
     "Reaction ~ Days + (1 | Subject)",
     "Reaction ~ Days + (Days || Subject)",
     "Reaction ~ Days + (Days | Subject)")),
-  pastes = list(file = "tests/data/pastes.csv", formulas = c(
+  pastes = list(file = "hiercompare/data/pastes.csv", formulas = c(
     "strength ~ 1 + (1 | batch)",
     "strength ~ 1 + (1 | batch/cask)")),
   exam = list(file = "hiercompare/data/exam.csv", formulas = c(

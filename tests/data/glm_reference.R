@@ -1,7 +1,8 @@
 # Counts and proportions against R (issue 12): glmer with binomial trials, Poisson with an exposure offset, glmer.nb,
 # glm on the sum-to-zero dummy design, and Gaussian prior weights (lmer, lm), on R's OWN copies of two public data
-# sets. Writes the data copies tests/data/cbpp.csv and tests/data/mmmec.csv (factors as labels, R's row order)
-# and the numbers, 17 significant digits, to tests/data/glm_reference.csv. Run from the repository root:
+# sets. Writes the numbers, 17 significant digits, to tests/data/glm_reference.csv; the Python tests read the same
+# data from tests/data/glmm_cbpp.csv and glmm_mmmec.csv, which tests/data/glmm_reference.R writes from these R
+# objects (one copy of each data set). Run from the repository root:
 #   Rscript tests/data/glm_reference.R
 # (R 4.2.2, lme4 1.1-31, mlmRev 1.0-8, lmerTest 3.1-3, Debian bookworm packages.)
 # * cbpp (lme4): contagious bovine pleuropneumonia, new cases (incidence) among the herd's size, 15 herds x 4 periods.
@@ -11,13 +12,6 @@
 suppressPackageStartupMessages({library(lme4); library(mlmRev); library(lmerTest)})
 cbpp <- lme4::cbpp
 mmmec <- mlmRev::Mmmec
-w <- function(df, name) {
-  df <- as.data.frame(df)
-  for (v in names(df)) if (is.factor(df[[v]])) df[[v]] <- as.character(df[[v]])
-  write.csv(df, file.path("tests/data", paste0(name, ".csv")), row.names = FALSE)
-}
-w(cbpp, "cbpp")
-w(mmmec, "mmmec")
 mmmec$lsmr <- log((mmmec$deaths + 0.5) / mmmec$expected)  # a log standardised mortality ratio (Gaussian cases)
 mmmec$ldeaths <- log(mmmec$deaths + 0.5)
 

@@ -233,9 +233,11 @@ hc_report <- function(out_dir) {
 #' @param cv Fold kinds of the grouped cross-validation: `"top"` (leave top-level groups out), `"leaf"`,
 #'   `"rows"`, a grouping factor, or `"none"`.
 #' @param cv_folds Number of folds.
-#' @param bootstrap Parametric bootstrap replications on this design (0: none).
+#' @param bootstrap Parametric bootstrap replications on this design (0: none), for every family: the responses
+#'   are drawn from native's fit with the data's offsets and binomial trials.
 #' @param method `"REML"` or `"ML"`.
-#' @param family `NULL` (Gaussian), `"binomial"` or `"poisson"`.
+#' @param family `NULL` (Gaussian), `"binomial"` (a 0/1 response, or `cbind(successes, failures)`),
+#'   `"poisson"` or `"negbinomial"`.
 #' @param na_action `"error"` or `"drop"` (rows missing a used value, listed in the report).
 #' @param seed Integer seed.
 #' @return A named list of data.frames, one per table of the report (`fits`, `diagnosis`,

@@ -15,7 +15,7 @@ Where the replicated data sets come from
 * **pymc, brms** (posterior predictive): each replicate takes one posterior draw of every parameter (fixed
   effects, every group's effects, the residual SD) and draws ``y`` from the family's likelihood at it
   (``Fit.posterior_predictive()``); the ``draws`` replicates use posterior draws evenly spaced over the chains.
-* **frequentist engines** (native, lme4, mixedlm, ols, r_lm, lightgbm, torch and the naive baselines),
+* **frequentist engines** (native, lme4, mixedlm, ols, r_lm, glm, r_glm, lightgbm, torch and the naive baselines),
   simulated from the fitted model::
 
       y_rep = Fit.predict()                        (X beta_hat [+ learned f(x)] + every level's deviation)
@@ -28,7 +28,7 @@ Where the replicated data sets come from
   so these draws are an approximation). What the SEs mean depends on the backend and is said in
   ``draws_from``: conditional SDs given the fixed effects (lme4 ``condVar``, mixedlm), Henderson's
   prediction-error SDs that include the fixed effects' uncertainty (native's default ``condvar="full"``,
-  lightgbm, torch), or the no-pooling dummy coefficients' sampling SEs (ols, r_lm). ``sigma_hat`` is ran_pars
+  lightgbm, torch), or the no-pooling dummy coefficients' sampling SEs (ols, r_lm, glm, r_glm). ``sigma_hat`` is ran_pars
   group ``Residual``, term ``sd__Observation`` (for the naive baselines: their training RMSE). With
   ``fixed_uncertainty=True`` the fixed effects are drawn too, ``beta ~ N(beta_hat, diag(SE^2))`` (independent:
   a Fit carries no covariance of the fixed effects), otherwise they stay at their estimates. The learned
@@ -94,6 +94,8 @@ _SE_MEANING = {
               "f(x) and the variance parameters"),
     "ols": "the no-pooling dummy coefficients' sampling SEs",
     "r_lm": "the no-pooling dummy coefficients' sampling SEs",
+    "glm": "the no-pooling dummy coefficients' sampling SEs",
+    "r_glm": "the no-pooling dummy coefficients' sampling SEs",
 }
 _NATIVE_SE = {
     "full": "native's prediction-error SDs including the fixed effects' uncertainty (condvar='full')",

@@ -142,13 +142,19 @@ def _nb_size(fit) -> float | None:
 
 
 def prediction_interval(fit, newdata=None, type: str = "response", kind: str = "conditional", level: float = 0.95,
-                        nsim: int = 2000, seed: int | None = 0, allow_new_levels=None) -> pd.DataFrame:
+                        nsim: int = 2000, seed: int | None = 0, allow_new_levels=None, weights=None) -> pd.DataFrame:
     """Prediction intervals by simulation (see the module docstring for what is drawn).
 
     Returns a frame with one row per row of ``newdata`` (or of the fitted data): ``estimate`` (the expected
     response of this ``kind``, :func:`predict`), ``mean`` and ``sd`` of the simulated responses, and
     ``lower`` / ``upper``, their ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles. ``type``: "response"
     (binomial: the proportion of successes out of the row's trials) or "count" (binomial: the successes).
+
+    ``weights``: a Gaussian fit with prior weights draws row i's residual with variance ``sigma^2 / w_i``, as
+    R's ``predict.lm(interval = "prediction", weights = )`` does. The fitted rows use their own weights;
+    ``newdata`` takes ``weights`` (a column name of ``newdata`` or one value per row), and without them each
+    new row has weight 1, with a warning (R's "Assuming constant prediction variance even though model fit is
+    weighted").
     """
     from .schema import inverse_link
 
@@ -186,11 +192,14 @@ def prediction_interval(fit, newdata=None, type: str = "response", kind: str = "
                     E += rng.standard_normal((nsim, n)) * s_row[None, :]
     mu = inverse_link(family, E)
     trials = None
+    if weights is not None and family != "gaussian":
+        raise SpecError(f"weights= are Gaussian prior weights; this fit's family is {family!r}")
     if family == "gaussian":
         sd = _residual_sd(fit)
         if sd is None:
             raise SpecError(f"{fit.backend}: no residual SD in this fit, so no prediction interval")
-        Y = mu + rng.standard_normal(mu.shape) * sd
+        w = _prediction_weights(md, newdata, weights, n)
+        Y = mu + rng.standard_normal(mu.shape) * (sd if w is None else sd / np.sqrt(w))
     elif family == "binomial":
         trials = np.asarray(md.trials if newdata is None else md.trials_for(newdata), dtype=float)
         Y = rng.binomial(trials.astype(np.int64)[None, :], np.clip(mu, 0, 1)).astype(float)
@@ -212,6 +221,37 @@ def prediction_interval(fit, newdata=None, type: str = "response", kind: str = "
     index = (md.data if newdata is None else newdata).index
     return pd.DataFrame({"estimate": est, "mean": Y.mean(axis=0), "sd": Y.std(axis=0, ddof=1), "lower": q[0],
                          "upper": q[1]}, index=index)
+
+
+def _prediction_weights(md, newdata, weights, n: int) -> np.ndarray | None:
+    """The rows' Gaussian prior weights for a prediction interval (None: all 1); see :func:`prediction_interval`."""
+    import warnings
+
+    if weights is None:
+        if newdata is None:
+            return None if md.weights is None else np.asarray(md.weights, dtype=float)
+        if md.weights is not None:
+            warnings.warn("the fit has prior weights and newdata none (weights=): each new row gets weight 1, "
+                          "residual variance sigma^2, as R's predict.lm assumes; pass weights= (a column of "
+                          "newdata or one value per row) for other rows", UserWarning, stacklevel=3)
+        return None
+    if isinstance(weights, str):
+        frame = md.data if newdata is None else newdata
+        if weights not in frame.columns:
+            raise DataError(f"weights={weights!r} is not a column of {'the data' if newdata is None else 'newdata'}")
+        w = frame[weights].to_numpy()
+    else:
+        w = np.asarray(weights)
+    try:
+        w = np.asarray(w, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise DataError("weights= must be numeric") from None
+    if len(w) != n:
+        raise DataError(f"weights= has {len(w)} values for {n} rows; give one per row")
+    if not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise DataError("weights= must be positive and finite (a prior weight w gives residual variance "
+                        "sigma^2 / w)")
+    return w
 
 
 __all__ = ["KINDS", "predict", "prediction_interval", "expected_response", "level_covariance"]

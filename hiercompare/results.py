@@ -348,13 +348,13 @@ class Fit:
 
     def predict_interval(self, newdata: pd.DataFrame | None = None, type: str = "response",
                          kind: str = "conditional", level: float = 0.95, nsim: int = 2000, seed: int | None = 0,
-                         allow_new_levels: bool | None = None) -> pd.DataFrame:
+                         allow_new_levels: bool | None = None, weights=None) -> pd.DataFrame:
         """Prediction intervals by simulation, one row per row of ``newdata`` (or of the fitted data): columns
         ``estimate`` (:meth:`predict` of this ``kind``), ``mean``, ``sd``, ``lower``, ``upper``. Each draw takes
         the integrated levels' effects from the fitted covariance (``kind`` as in :meth:`predict`), the seen
         groups' deviations from N(estimate, SE^2) where the fit reports SEs, and the response from the family
-        (residual SD, binomial trials, NB size); fixed effects at their estimates
-        (:func:`hiercompare.predictions.prediction_interval`).
+        (residual SD, over sqrt(w) for prior weights w; binomial trials, NB size); fixed effects at their
+        estimates (:func:`hiercompare.predictions.prediction_interval`; its ``weights`` for newdata).
 
         Examples
         --------
@@ -363,7 +363,7 @@ class Fit:
         from . import predictions
 
         return predictions.prediction_interval(self, newdata, type=type, kind=kind, level=level, nsim=nsim, seed=seed,
-                                               allow_new_levels=allow_new_levels)
+                                               allow_new_levels=allow_new_levels, weights=weights)
 
     def _require_model(self) -> ModelData:
         if self.model is None:

@@ -126,3 +126,48 @@ def test_kind_is_checked_and_new_levels_are_warned_about(mmmec):
         fit.predict(new, type="response", kind="marginal")
     with pytest.raises(hc.DataError, match="allow_new_levels=False"):
         fit.predict_interval(new, kind="marginal", allow_new_levels=False)
+
+
+# ------------------------------------------------------------------ Gaussian prior weights in prediction intervals
+@pytest.fixture(scope="module")
+def weighted_sleep():
+    d = pd.read_csv(DATA / "sleepstudy.csv", dtype={"Subject": str})
+    d = d.assign(w=np.where(np.arange(len(d)) % 2 == 0, 1.0, 4.0))
+    return d, hc.fit(d, "Reaction ~ Days + (1 + Days | Subject)", backend="native", weights="w")
+
+
+def test_prediction_interval_draws_the_residual_with_variance_sigma2_over_w(weighted_sleep):
+    d, fit = weighted_sleep
+    sigma = float(fit.table.query("effect == 'ran_pars' and group == 'Residual'")["estimate"].iloc[0])
+    new = pd.concat([d.iloc[[0]], d.iloc[[0]]], ignore_index=True)  # one row twice: same eta, same group
+    pi = fit.predict_interval(new, weights=[1.0, 4.0], nsim=200_000, seed=3)
+    # the two rows share every other part of the draw, so their variances differ by sigma^2 (1 - 1/4);
+    # each variance's Monte Carlo SE at 200,000 draws is about var * sqrt(2 / 2e5) < 0.4% of ~1,000
+    diff = pi["sd"].iloc[0] ** 2 - pi["sd"].iloc[1] ** 2
+    assert diff == pytest.approx(sigma**2 * 0.75, rel=0.03)
+    # a column name of newdata gives the same draws as the values
+    by_col = fit.predict_interval(new.assign(ww=[1.0, 4.0]), weights="ww", nsim=200_000, seed=3)
+    pd.testing.assert_frame_equal(pi, by_col)
+
+
+def test_prediction_interval_on_the_fitted_rows_uses_their_weights(weighted_sleep):
+    d, fit = weighted_sleep
+    own = fit.predict_interval(nsim=500, seed=1)
+    given = fit.predict_interval(d, weights="w", nsim=500, seed=1)
+    np.testing.assert_allclose(own[["mean", "sd", "lower", "upper"]].to_numpy(),
+                               given[["mean", "sd", "lower", "upper"]].to_numpy(), rtol=0, atol=1e-9)
+    with pytest.warns(UserWarning, match="weight 1"):
+        ones = fit.predict_interval(d, nsim=500, seed=1)
+    assert (ones["sd"].to_numpy()[1::2] > own["sd"].to_numpy()[1::2]).all()  # the weight-4 rows: narrower with w
+
+
+def test_prediction_interval_weights_are_checked(weighted_sleep, mmmec):
+    d, fit = weighted_sleep
+    with pytest.raises(hc.errors.DataError, match="one per row"):
+        fit.predict_interval(d.iloc[:3], weights=[1.0, 2.0])
+    with pytest.raises(hc.errors.DataError, match="positive"):
+        fit.predict_interval(d.iloc[:2], weights=[1.0, 0.0])
+    with pytest.raises(hc.errors.DataError, match="not a column"):
+        fit.predict_interval(d.iloc[:2], weights="nope")
+    with pytest.raises(hc.errors.SpecError, match="Gaussian prior weights"):
+        mmmec[1].predict_interval(weights=np.ones(len(mmmec[0])))

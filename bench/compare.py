@@ -6,7 +6,8 @@ would arrive. The command, as a user runs it (a new process each time)::
     hiercompare compare data.csv --formula F1 --formula F2 --backends all --cv top --cv-folds 5 --out DIR
 
 with F1 the seed's formula (a correlated market slope) and F2 the intercepts-only model. The CV covers the
-default CV backends (native, lme4, mixedlm, ols, lightgbm). Three runs into fresh folders (nothing resumed):
+default CV backends (native, lme4, mixedlm, ols, lightgbm). Runs into fresh folders (nothing resumed), sharing
+one compile cache, by default these three (``--runs``; ``cold_without_brms`` fills the cache without brms):
 
 1. cold: empty compile caches (brms's Stan models, PyTensor, numba) in fresh folders;
 2. warm: the same command with those caches filled by run 1;
@@ -17,9 +18,12 @@ Stages come from the run's ``results.json`` (fits, agreement and diagnosis, mode
 report) plus process start and imports (wall time minus the run's own total). Goal (issue 11): under 2 minutes
 warm on this 2-core machine.
 
+Each run records the machine and its load average at its start and end (the machine is shared).
+
 Usage::
 
     python bench/compare.py bench_out/compare.json
+    python bench/compare.py bench_out/compare.json --runs cold_without_brms,warm_without_brms --update
 """
 from __future__ import annotations
 
@@ -64,33 +68,43 @@ def _run(data: Path, out_dir: Path, cache: Path, backends: str = "all") -> dict:
             "brms_seconds": [round(x, 1) for x in brms], "fits": fits, "cv_summary": cv, "command": " ".join(cmd[1:])}
 
 
+RUNS = ("cold", "warm", "cold_without_brms", "warm_without_brms")
+DEFAULT_RUNS = "cold,warm,warm_without_brms"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", help="JSON file for the figures")
+    ap.add_argument("--runs", default=DEFAULT_RUNS,
+                    help=f"comma-separated runs, in order, sharing one compile cache; of {', '.join(RUNS)} "
+                         f"(default {DEFAULT_RUNS})")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the other runs already in OUT (each run records its own machine and load)")
     args = ap.parse_args(argv)
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    if not runs or any(r not in RUNS for r in runs):
+        ap.error(f"--runs takes {', '.join(RUNS)}")
     import hiercompare as hc
+    from hiercompare.backends import REGISTRY
     from hiercompare.provenance import machine
 
-    at_start = machine()
+    others = ",".join(b for b in REGISTRY if b != "brms")  # what "all" means, less brms
+    path = Path(args.out)
+    out = json.loads(path.read_text()) if args.update and path.exists() else {}
     with tempfile.TemporaryDirectory(prefix="hc-bench-compare-") as tmp:
         tmp = Path(tmp)
         data, _ = hc.simulate(hc.Scenario(), seed=1)
         data.to_csv(tmp / "data.csv", index=False)
-        cold = _run(tmp / "data.csv", tmp / "cold", tmp / "cache")
-        print(f"compare cold: {cold['wall_seconds']:.1f} s {json.dumps(cold['stages'])}", file=sys.stderr)
-        warm = _run(tmp / "data.csv", tmp / "warm", tmp / "cache")
-        print(f"compare warm: {warm['wall_seconds']:.1f} s {json.dumps(warm['stages'])}", file=sys.stderr)
-        from hiercompare.backends import REGISTRY
-
-        others = ",".join(b for b in REGISTRY if b != "brms")  # what "all" means, less brms
-        warm_nb = _run(tmp / "data.csv", tmp / "warm_no_brms", tmp / "cache", others)
-        print(f"compare warm without brms: {warm_nb['wall_seconds']:.1f} s {json.dumps(warm_nb['stages'])}",
-              file=sys.stderr)
-    out = {"rows": len(data), "formulas": FORMULAS, "cold": cold, "warm": warm, "warm_without_brms": warm_nb,
-           "goal_warm_seconds": GOAL_WARM, "warm_goal_met": warm["wall_seconds"] < GOAL_WARM,
-           "warm_without_brms_goal_met": warm_nb["wall_seconds"] < GOAL_WARM, "machine": at_start,
-           "load_average_at_end": machine()["load_average_1_5_15"]}
-    path = Path(args.out)
+        for name in runs:
+            at_start = machine()
+            res = _run(tmp / "data.csv", tmp / name, tmp / "cache", others if "without" in name else "all")
+            res.update(machine=at_start, load_average_at_end=machine()["load_average_1_5_15"])
+            out[name] = res
+            print(f"compare {name}: {res['wall_seconds']:.1f} s {json.dumps(res['stages'])}", file=sys.stderr)
+    out.update({"rows": len(data), "formulas": FORMULAS, "goal_warm_seconds": GOAL_WARM})
+    for name in ("warm", "warm_without_brms"):
+        if name in out:
+            out[f"{name}_goal_met"] = out[name]["wall_seconds"] < GOAL_WARM
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
     print(f"wrote {path}", file=sys.stderr)

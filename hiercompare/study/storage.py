@@ -44,7 +44,8 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     those by backend)."""
     out = df.reindex(columns=RESULT_COLUMNS).copy()
     for c in _STRING:
-        out[c] = out[c].fillna("").astype(str).astype(object)
+        col = out[c].astype(object)  # object first: fillna("") on an all-missing float column warns in pandas 3
+        out[c] = col.where(col.notna(), "").astype(str).astype(object)
     for c in _FLOAT:
         out[c] = pd.to_numeric(out[c], errors="coerce").astype("float64")
     for c in _INT:

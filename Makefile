@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python bench/stream.py bench_out/stream.json
 	$(BIN)/python bench/compare.py bench_out/compare.json
 	$(BIN)/python bench/glmm.py bench_out/glmm.json
+	$(BIN)/python bench/torch_speed.py bench_out/torch_speed.json
 
 # Regenerate every recorded validation study (validation/*.toml -> validation/<name>_out: results.parquet,
 # manifest.json, performance.csv, report.html, report_tables/); the part files are dropped afterwards.

@@ -24,8 +24,9 @@ spirit of LMMNN (Simchoni & Rosset 2021/2023) but without LMMNN's per-minibatch 
   all rows at the epoch's start (backfitting: f is fitted to the conditional residual for one pass, then the
   BLUPs follow f; the fixed point is the same joint optimum). The full batch cost one forward and backward
   pass over all rows per AdamW step and needed hundreds of steps; minibatches take ``n / AUTO_BATCH`` steps
-  per pass, so a few passes do what hundreds did (docs/torch.md has the measurements). theta is then refitted and the validation checked every epoch (``refit_every=1``,
-  ``patience=5``), since an epoch is many steps.
+  per pass, so a few passes do what hundreds did (docs/torch.md has the measurements). theta is then
+  refitted and the validation checked every epoch (``refit_every=1``), since an epoch is many steps, and
+  ``patience`` is as many epochs as make the full batch's 150 steps (15 checks x 10 epochs), at least 5.
 * Every ``refit_every`` epochs theta is re-optimised on the current offset (warm-started mixedcore fit).
 * The last layer starts at zero, so epoch 0 is exactly the linear ``native`` fit.
 * Epochs are chosen by group-aware validation (:func:`~hiercompare.backends.learners.group_aware_split`):
@@ -294,7 +295,8 @@ class TorchBackend(Backend):
         validation split; None -> 0); ``features`` (numeric formula columns f sees); ``validation_fraction``
         (0: no validation, train ``epochs`` epochs); ``refit_every`` (epochs between theta re-optimisations
         and validation checks; None: 10 with full batches, 1 with minibatches); ``patience`` (validation checks
-        without improvement before stopping; None: 15 with full batches, 5 with minibatches); ``threads``
+        without improvement before stopping; None: 15 with full batches, with minibatches as many epochs as
+        make 150 steps, at least 5); ``threads``
         (torch's CPU threads during the fit, restored after; None: torch's setting); ``device`` ("cpu",
         "cuda", ...; None: CUDA where available, else the CPU);
         ``orthogonalize`` (project f off the fixed design, else only centre it); ``intervals``:
@@ -308,7 +310,9 @@ class TorchBackend(Backend):
         method = _check_common(md, method, hidden, epochs, lr, weight_decay, validation_fraction, FAMILIES)
         bs = _batch_size(batch_size, md.n)
         refit_every = int(refit_every) if refit_every is not None else (10 if bs is None else 1)
-        patience = int(patience) if patience is not None else (15 if bs is None else 5)
+        if patience is None:  # minibatches: the full batch's 15 x 10 steps of patience, and at least 5 epochs
+            patience = 15 if bs is None else max(5, math.ceil(150 * bs / md.n))
+        patience = int(patience)
         if refit_every < 1 or patience < 1:
             raise SpecError("refit_every and patience must be >= 1")
         if threads is not None and int(threads) < 1:

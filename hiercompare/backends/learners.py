@@ -420,6 +420,6 @@ def finish_table(table: pd.DataFrame, intervals: str, md: ModelData, refit: Call
 
 
 CONDITIONAL_NOTE = ("intervals='conditional': the SEs and intervals (interval column 'conditional_on_f') treat the "
-                    "learned f(x) as known; they leave its estimation error out and are too narrow (validation: "
-                    "lightgbm's x2 SE about half the empirical SE; see docs/learners.md). intervals='bootstrap' gives "
-                    "cluster-bootstrap intervals")
+                    "learned f(x) as known; they leave its estimation error out and are too narrow (validation on "
+                    "the nonlinear scenario: lightgbm's x2 SE 0.53 of the empirical SE, coverage 0.62; see "
+                    "docs/learners.md). intervals='bootstrap' gives cluster-bootstrap intervals")

@@ -463,4 +463,5 @@ def _json_default(o):
 
 
 __all__ = ["Fit", "Truth", "TIDY_COLUMNS", "NUMERIC_COLUMNS", "KEY", "RESIDUAL", "INTERCEPT", "tidy_frame", "sd_term", "cor_term",
-           "wald_interval", "normal_quantile", "convergence_text", "NOT_ASSESSED", "check_unseen", "inverse_link", "DISPERSION", "THETA"]
+           "wald_interval", "normal_quantile", "convergence_text", "NOT_ASSESSED", "check_unseen", "inverse_link", "DISPERSION", "THETA",
+           "INTERVAL_ORDINARY", "INTERVAL_CONDITIONAL", "INTERVAL_BOOTSTRAP"]

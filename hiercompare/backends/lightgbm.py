@@ -119,7 +119,8 @@ class LightGBMBackend(Backend):
                 "converged": res.converged, "singular": res.singular, "warnings": [],
                 "rounds": int(rounds), metric: min(curve) if curve else None,
                 "validation_curve_every_10": curve[::10], "features": list(feats), **interval_diag,
-                "notes": interval_notes + [projection, "logLik is the marginal likelihood conditional on the learned f(x)"
+                "notes": interval_notes + [projection,
+                                           "logLik is the marginal likelihood conditional on the learned f(x)"
                           + ("" if gaussian else " (Laplace approximation, as glmer's)"),
                           "converged: the variance components' optimiser at the learned f(x) (boosting has no "
                           "convergence criterion: its rounds are chosen by early stopping)",

@@ -195,7 +195,8 @@ def recovery_table(perf: pd.DataFrame) -> pd.DataFrame:
     for _, r in perf.iterrows():
         kind = str(r.get("interval", "") or "")
         cond = "conditional_on_f" in kind
-        modse = _pm(r.get("conditional_modse"), r.get("conditional_modse_mcse")) if cond else _pm(r["modse"], r["modse_mcse"])
+        modse = (_pm(r.get("conditional_modse"), r.get("conditional_modse_mcse")) if cond
+                 else _pm(r["modse"], r["modse_mcse"]))
         cover = (_pm(r.get("conditional_coverage"), r.get("conditional_coverage_mcse")) if cond
                  else _pm(r["coverage"], r["coverage_mcse"]))
         if cond:

@@ -262,7 +262,7 @@ def test_refusals(sleepstudy):
 def test_only_fixed_rows_have_df_and_pickling_keeps_them(sleepstudy):
     f = hc.fit(sleepstudy, "Reaction ~ Days + (Days | Subject)", backend="native")
     t = f.tidy()
-    assert list(t.columns)[-3:] == ["df", "p_value", "backend"]
+    assert list(t.columns)[-4:] == ["df", "p_value", "interval", "backend"]
     assert t.loc[t["effect"] != "fixed", ["df", "p_value"]].isna().all().all()
     assert np.isfinite(t.loc[t["effect"] == "fixed", "df"]).all()
     back = pickle.loads(pickle.dumps(f))

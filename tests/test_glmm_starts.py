@@ -1,4 +1,6 @@
-"""The learners' GLMM random effects (lightgbm, torch on binomial / poisson / negbinomial) start their first fit
+"""Where glmmcore's optimisation starts, and that it reaches glmer's optimum in the validation studies' cases.
+
+The learners' GLMM random effects (lightgbm, torch on binomial / poisson / negbinomial) start their first fit
 where glmmcore starts by itself (its penalised quasi-likelihood start), so that with f(x) = 0 they reach native's
 optimum. From theta = 1 they stopped at a boundary of the negative binomial's likelihood on the seed tree (market
 slope's Cholesky element 0, log-likelihood 17 lower than native's), found by validation/count_nb.toml."""
@@ -12,6 +14,7 @@ from hiercompare.backends.learners import GlmmRandomEffects
 from hiercompare.design import prepare
 from hiercompare.fitting import as_spec
 from hiercompare.simulate import Scenario
+from hiercompare.study.units import unit_seed
 
 
 def test_first_fit_reaches_natives_optimum_negbinomial():
@@ -24,3 +27,17 @@ def test_first_fit_reaches_natives_optimum_negbinomial():
     assert res.loglik >= native.loglik - 1e-6
     np.testing.assert_allclose(res.theta, native.theta, atol=1e-3)
     np.testing.assert_allclose(res.nb_theta, native.nb_theta, rtol=1e-3)
+
+
+def test_boundary_fit_from_the_quasi_likelihood_start_is_restarted_from_lme4s_start():
+    """validation/count.toml, scenario poisson_exposure, replication 1: from the quasi-likelihood start the Laplace
+    fit ended at a market correlation of 1 (singular) with log-likelihood -7400.115; glmer (lme4 1.1.31, default
+    start) reaches -7390.706021215 (interior). fit() now restarts a boundary fit from theta = 1 and keeps the
+    better optimum."""
+    sc = Scenario(family="poisson", exposure=(0.5, 2.0), fixed={"(Intercept)": 0.5, "x1": 0.0, "x2": 0.3})
+    data, _ = hc.simulate(sc, seed=unit_seed(20240506, 1, 1))
+    md = prepare(as_spec(sc.formula(), "poisson"), data)
+    res = glmmcore.from_model_data(md).fit()
+    assert res.loglik >= -7390.706021215 - 1e-6
+    assert not res.singular
+    assert any("restarted from theta = 1" in n for n in res.notes)

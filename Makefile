@@ -44,8 +44,10 @@ bench: install
 	$(BIN)/python bench/torch_speed.py bench_out/torch_speed.json
 
 # Regenerate every recorded validation study (validation/*.toml -> validation/<name>_out: results.parquet,
-# manifest.json, performance.csv, report.html, report_tables/); the part files are dropped afterwards.
-VALIDATION := seed_small unbalanced weak_signal nonlinear binary count
+# manifest.json, performance.csv, report.html, report_tables/); the part files are dropped afterwards. binary and count
+# take about 5 minutes each on 2 idle cores, count_nb 2; binary_bayes and count_bayes about 40 minutes together (pymc
+# and brms cost minutes per fit); validation/glmm_studies.md summarises those five.
+VALIDATION := seed_small unbalanced weak_signal nonlinear binary count count_nb binary_bayes count_bayes
 validate: install
 	@set -e; for c in $(VALIDATION); do \
 	  rm -rf validation/$${c}_out; \

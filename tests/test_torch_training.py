@@ -135,3 +135,12 @@ def test_cuda_agrees_with_the_cpu(seed_data):
     for key, v in _sds(cpu).items():
         assert abs(_sds(gpu)[key] / v - 1) < 0.02, key
     assert np.max(np.abs(gpu.nonlinear(data) - cpu.nonlinear(data))) < 0.05
+
+
+def test_one_thread_is_the_cpu_default(seed_data):
+    """One torch thread unless asked (docs/torch.md: two were 2.5-20x slower on this 2-core machine)."""
+    small = _small(seed_data[0])
+    before = torch.get_num_threads()
+    f = hc.fit(small, FORMULA, backend="torch", seed=0, validation_fraction=0, epochs=2)
+    assert f.diagnostics["threads"] == 1
+    assert torch.get_num_threads() == before

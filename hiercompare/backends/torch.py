@@ -95,7 +95,8 @@ Laplace likelihood every ``refit_every`` epochs; the validation metric is the he
 
 Both backends: training in float32 on CUDA when ``torch.cuda.is_available()`` (``torch``: or on ``device``),
 else on the CPU (deterministic there for a given seed and thread count; ``torch``'s ``threads`` sets torch's
-CPU threads during the fit: on a shared, loaded machine one thread can be several times faster than two);
+CPU threads during the fit, 1 by default: this MLP's products are too small to gain from more, and on a 2-core
+machine two threads were 2.5x slower than one at a load of 2-3 and 4-20x under heavier load, docs/torch.md);
 ``torch-embed`` trains full batch; ``seed`` (passed by ``hiercompare.fit(seed=...)``,
 None -> 0) seeds the network initialisation (``torch.manual_seed`` inside ``torch.random.fork_rng``, so the
 caller's global torch state is untouched) and the numpy validation split. The fitted networks are moved to
@@ -286,7 +287,7 @@ class TorchBackend(Backend):
             validation_fraction: float = 0.2, refit_every: int | None = None, patience: int | None = None,
             orthogonalize: bool = True, intervals: str = "conditional", bootstrap_draws: int = 200,
             bootstrap_ci: str = "basic",
-            batch_size: int | str | None = "auto", threads: int | None = None, device: str | None = None,
+            batch_size: int | str | None = "auto", threads: int | None = 1, device: str | None = None,
             **options) -> Fit:
         """Options: ``hidden`` layer widths; ``epochs`` (maximum; also the count used without validation);
         ``lr`` and ``weight_decay`` (AdamW); ``batch_size``: ``"auto"`` (full batch up to
@@ -297,7 +298,7 @@ class TorchBackend(Backend):
         and validation checks; None: 10 with full batches, 1 with minibatches); ``patience`` (validation checks
         without improvement before stopping; None: 15 with full batches, with minibatches as many epochs as
         make 150 steps, at least 5); ``threads``
-        (torch's CPU threads during the fit, restored after; None: torch's setting); ``device`` ("cpu",
+        (torch's CPU threads during the fit, restored after; default 1, None: torch's setting); ``device`` ("cpu",
         "cuda", ...; None: CUDA where available, else the CPU);
         ``orthogonalize`` (project f off the fixed design, else only centre it); ``intervals``:
         ``"conditional"`` (Wald / BLUP intervals treating f as known, labelled ``conditional_on_f``),
@@ -357,7 +358,7 @@ class TorchBackend(Backend):
             "validation": _curve_summary(curve, validation_fraction),
             "device": str(device), "seed_used": seed_used, "features": list(feats),
             "hidden": list(cfg["hidden"]), "theta": res.theta.tolist(),
-            "batch_size": bs, "refit_every": refit_every, "patience": patience,
+            "batch_size": bs, "refit_every": refit_every, "patience": patience, "threads": threads,
             "optimizer": res.optimizer,
         }
         eta = fn(md.data) + re.linear_part(res) + re.base

@@ -447,6 +447,26 @@ def _cv_levels(cv, md) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _one_thread_unless_streamed(fn):
+    """Run ``fn`` (compare_data) under :func:`hiercompare.runenv.one_thread` unless its ``stream`` is true (see
+    compare_data's Notes)."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .runenv import one_thread
+
+        stream = sig.bind(*args, **kwargs).arguments.get("stream", False)
+        with contextlib.nullcontext() if stream else one_thread():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_one_thread_unless_streamed
 def compare_data(
     data: pd.DataFrame | str | os.PathLike,
     formulas: str | list[str],
@@ -524,37 +544,6 @@ def compare_data(
     comparison (``stream=True``) keeps the machine's threads: its per-batch sums over all rows are large
     products.
     """
-    from .runenv import one_thread
-
-    with contextlib.nullcontext() if stream else one_thread():
-        return _compare_data(data, formulas, backends=backends, family=family, method=method, out=out, cv=cv,
-                             cv_folds=cv_folds, cv_backends=cv_backends, bootstrap=bootstrap, workers=workers,
-                             scheduler=scheduler, seed=seed, na_action=na_action, options=options, allfit=allfit,
-                             stream=stream, subsample=subsample, batch_rows=batch_rows, progress=progress)
-
-
-def _compare_data(
-    data: pd.DataFrame | str | os.PathLike,
-    formulas: str | list[str],
-    backends: str | list[str] | None = None,
-    family: str | None = None,
-    method: str = "REML",
-    out: str | os.PathLike | None = None,
-    cv: str | list[str] | None = "top",
-    cv_folds: int = 5,
-    cv_backends: list[str] | None = None,
-    bootstrap: int = 0,
-    workers: int = 1,
-    scheduler=None,
-    seed: int = 0,
-    na_action: str = "error",
-    options: dict[str, dict] | None = None,
-    allfit: bool = False,
-    stream: bool = False,
-    subsample: int | None = None,
-    batch_rows: int | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> DataComparison:
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
     from .sources import is_source, source_name

@@ -319,3 +319,21 @@ def test_samplers_run_short_first_and_longer_only_when_the_rule_fails(monkeypatc
     calls.clear()
     fit_unit({**task, "options": {"tune": 1000, "draws": 200}})
     assert calls == [{"tune": 1000, "draws": 200}]
+
+
+def test_the_comparison_runs_on_one_blas_thread_and_restores_the_count():
+    """Every step of an in-memory comparison sees one BLAS thread (datacompare's Notes); the libraries loaded
+    before get their thread counts back (one loaded inside, e.g. R's, read OPENBLAS_NUM_THREADS=1 and keeps it)."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {m["filepath"]: m["num_threads"] for m in threadpool_info() if m["user_api"] == "blas"}
+
+    before = blas_threads()
+    seen = []
+    d = hc.datasets.load("pastes")
+    compare_data(d, "strength ~ 1 + (1 | batch) + (1 | batch:cask)", backends=["native"], cv=None,
+                 progress=lambda msg: seen.append(set(blas_threads().values())))
+    assert seen and all(s == {1} for s in seen)
+    after = blas_threads()
+    assert {k: after[k] for k in before} == before

@@ -120,3 +120,17 @@ def test_cli_compare_bootstrap_on_counts_with_an_offset(tmp_path):
     row = s[(s.backend == "native") & (s.term == "uvb")].iloc[0]
     assert row["truth"] == pytest.approx(native.fixef["uvb"], rel=1e-10)
     assert "9. Parametric bootstrap" in (out / "report.html").read_text()
+
+
+def test_a_learners_conditional_intervals_are_not_counted_as_ordinary_coverage(tmp_path):
+    # lightgbm's default intervals treat its learned f(x) as known: the bootstrap table shows their coverage only
+    # as conditional_coverage, beside interval = conditional_on_f, and native's as ordinary coverage
+    data, _ = hc.simulate(hc.Scenario(n_obs=1000), seed=2)
+    spec = hc.fit(data, "y ~ x1 + x2 + (1 | market)", backend="native").spec
+    s = bootstrap_design(data, spec, ["native", "lightgbm"], 3, seed=1, out=tmp_path / "b")["bootstrap_summary"]
+    lg = s[(s.backend == "lightgbm") & (s.effect == "fixed")]
+    nat = s[(s.backend == "native") & (s.effect == "fixed")]
+    assert len(lg) == 3 and (lg["interval"] == "conditional_on_f").all()
+    assert lg["coverage"].isna().all() and lg["conditional_coverage"].between(0, 1).all()
+    assert (nat["interval"] == "").all() and nat["coverage"].between(0, 1).all()
+    assert nat["conditional_coverage"].isna().all()

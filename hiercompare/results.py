@@ -445,8 +445,9 @@ class Truth:
         with open(path) as fh:
             d = json.load(fh)
         table = pd.DataFrame(d["tidy"])
-        for c in ("group", "level"):
-            table[c] = table[c].fillna("").astype(object)
+        for c in ("group", "level", "interval"):  # files written before the interval column existed lack it
+            col = table[c].astype(object) if c in table else pd.Series("", index=table.index, dtype=object)
+            table[c] = col.where(col.notna(), "")
         for c in (*NUMERIC_COLUMNS, "realized"):  # files written before df / p_value existed lack them
             table[c] = pd.to_numeric(table[c], errors="coerce").astype(float) if c in table else np.nan
         return cls(table=table, scenario=d["scenario"], seed=d["seed"])

@@ -408,3 +408,14 @@ def test_lme4_options_reach_worker_processes(tmp_path):
         np.testing.assert_allclose(got["estimate"], got["estimate_ml"], rtol=2e-3, atol=1e-4)
         sds = got[got["effect"] == "ran_pars"]
         assert (abs(sds["estimate"] - sds["estimate_reml"]) > 10 * abs(sds["estimate"] - sds["estimate_ml"])).any()
+
+
+def test_result_storage_keeps_the_interval_kind(tmp_path):
+    # the interval column is text: a learner's cluster-bootstrap rows must not come back as NaN (performance would
+    # then guess 'conditional_on_f' from the backend's name and drop their ordinary coverage)
+    from hiercompare.study.storage import empty_rows, read_results, write_parquet_atomic
+
+    rows = empty_rows(3).assign(scenario="s", replication=0, backend="lightgbm", effect="fixed", term="x1",
+                                seed=1, interval=["cluster_bootstrap", "conditional_on_f", None])
+    write_parquet_atomic(rows, tmp_path / "part.parquet")
+    assert read_results(tmp_path / "part.parquet")["interval"].tolist() == ["cluster_bootstrap", "conditional_on_f", ""]

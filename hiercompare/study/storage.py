@@ -22,11 +22,12 @@ from ..errors import StudyError
 from ..provenance import git_commit, now, package_versions
 
 RESULT_COLUMNS = ["scenario", "replication", "backend", "effect", "group", "level", "term", "estimate",
-                  "std_error", "conf_low", "conf_high", "df", "p_value", "interval", "truth", "realized", "converged", "warnings",
+                  "std_error", "conf_low", "conf_high", "df", "p_value", "interval", "truth", "realized", "converged",
+                  "warnings",
                   "seconds", "seed", "error"]
 SORT = ["scenario", "replication", "backend", "effect", "group", "level", "term"]
 _STRING = ["scenario", "backend", "effect", "group", "level", "term", "interval", "warnings", "error"]
-_FLOAT = ["estimate", "std_error", "conf_low", "conf_high", "df", "p_value", "interval", "truth", "realized", "seconds"]
+_FLOAT = ["estimate", "std_error", "conf_low", "conf_high", "df", "p_value", "truth", "realized", "seconds"]
 _INT = ["replication", "seed"]
 PART = re.compile(r"^s(\d{5})-r(\d{7})\.parquet$")
 

@@ -57,8 +57,8 @@ def bootstrap_design(data: pd.DataFrame, spec: ModelSpec, backends: list[str], r
     opts = {b: o for b, o in opts.items() if o}
     st = Study([sc], replications=int(replications), backends=list(backends), options=opts, seed=int(seed),
                formula=spec.formula, name="bootstrap")
-    say(f"parametric bootstrap: {replications} data sets from the {reference} "
-        f"{method if spec.family == 'gaussian' else ref.method} {spec.family} fit, "
+    ref_label = f"{reference} {method if spec.family == 'gaussian' else ref.method}"
+    say(f"parametric bootstrap: {replications} data sets from the {ref_label} {spec.family} fit, "
         f"{len(backends)} backend(s) each")
     if out is None:
         with tempfile.TemporaryDirectory(prefix="hiercompare-bootstrap-") as tmp:
@@ -70,7 +70,7 @@ def bootstrap_design(data: pd.DataFrame, spec: ModelSpec, backends: list[str], r
     summary = perf[[c for c in SHOWN if c in perf.columns]].reset_index(drop=True)
     refrows = ref.tidy(["fixed", "ran_pars"])[["effect", "group", "term", "estimate"]].rename(
         columns={"estimate": "reference_value"})
-    refrows.insert(0, "reference", f"{reference} {method if spec.family == 'gaussian' else ref.method}")
+    refrows.insert(0, "reference", ref_label)
     return {"bootstrap_summary": summary, "bootstrap_reference": refrows}
 
 

@@ -276,7 +276,7 @@ def fit_unit(task: dict) -> dict:
             first = (f"a first run with {stage} missed the sampling rule ("
                      f"{'; '.join(f.diagnostics.get('warnings', [])[-1:]) or 'not converged'}); refitted with "
                      f"{stages[k + 1]}")
-        if len(stages) > 1 and k > 0:
+        if k > 0:
             f.diagnostics.setdefault("notes", []).append(first)
     except SpecError as exc:  # what this backend cannot fit on this data (e.g. a learner without a numeric x)
         return {"status": "not applicable", "reason": str(exc), "seconds": time.perf_counter() - t0}
@@ -285,6 +285,12 @@ def fit_unit(task: dict) -> dict:
     except Exception as exc:  # a backend library's own error: recorded, never silently dropped
         return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0}
     return {"status": "ok", "fit": f, "seconds": time.perf_counter() - t0}
+
+
+def _first_stage(opts: dict[str, dict], backend: str) -> dict:
+    """A backend's options for the CV and the bootstrap's many refits: the user's, else the first (short) stage of
+    :data:`SAMPLER_STAGES` for a sampler, else none."""
+    return dict(opts.get(backend) or SAMPLER_STAGES.get(backend, ({},))[0])
 
 
 def fit_units(tasks: list[dict]) -> list[dict]:
@@ -742,8 +748,7 @@ def compare_data(
 
             say(f"cross-validating ({cv_folds} folds, leaving out {lv}): {s.formula}")
             cvr = cross_validate(rows, s.formula, backends=cv_names, level=lv, k=int(cv_folds), seed=seed,
-                                 family=fam, options={b: opts.get(b) or dict(SAMPLER_STAGES.get(b, ({},))[0])
-                                                      for b in cv_names})
+                                 family=fam, options={b: _first_stage(opts, b) for b in cv_names})
             res = {"folds": cvr.folds, "summary": cvr.summary}
             store.put(key, res)
         summ = res["summary"]  # the CV lists its opt-in backends as 'not run'; keep those the user asked for
@@ -764,8 +769,8 @@ def compare_data(
         from .bootstrap import bootstrap_design
 
         ok = [b for b in names if b in fits[specs[0].formula]]  # the backends that fit the user's data
-        boot_opts = {b: {**(opts.get(b) or SAMPLER_STAGES.get(b, ({},))[0]), **({"method": method} if b in METHOD_BACKENDS and fam == "gaussian"
-                                                else {})} for b in ok}
+        boot_opts = {b: {**_first_stage(opts, b),
+                         **({"method": method} if b in METHOD_BACKENDS and fam == "gaussian" else {})} for b in ok}
         boot = bootstrap_design(rows, specs[0], ok, int(bootstrap), seed=seed, workers=workers,
                                 scheduler=scheduler, out=(out_dir / "bootstrap") if out_dir else None,
                                 options=boot_opts, method=method, progress=say)

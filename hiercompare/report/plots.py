@@ -200,7 +200,7 @@ def zip_plot(rows: pd.DataFrame, title: str = "") -> str:
         mcse = np.sqrt(p * (1 - p) / n)
         ax.set_ylim(0, 100)
         cond = "interval" in sub and sub["interval"].astype(str).str.contains("conditional_on_f").any()
-        what = "CONDITIONAL on f(x): coverage" if cond else "coverage"
+        what = "CONDITIONAL on f(x):\ncoverage" if cond else "coverage"  # its own line: fits the panel width
         ax.set_title(f"{b}\n{grp + ': ' if grp else ''}{term}\n{what} {p:.3f} (MCSE {mcse:.3f}), n={n}", fontsize=7)
         ax.set_ylabel("centile of |z|", fontsize=7)
         ax.tick_params(labelsize=6)

@@ -68,7 +68,7 @@ def level_covariance(fit, lv) -> np.ndarray:
 
 
 def _pieces(fit, newdata, kind: str, allow_new_levels):
-    """(eta, v, parts, codes per level): the linear predictor to integrate around and the variance of the
+    """(eta, v, codes per level): the linear predictor to integrate around and the variance of the
     integrated levels' contribution, per row."""
     from .schema import check_unseen
 
@@ -80,7 +80,7 @@ def _pieces(fit, newdata, kind: str, allow_new_levels):
     v = np.zeros(len(eta))
     codes = {}
     if kind == "conditional":
-        return eta, v, parts, codes
+        return eta, v, codes
     for lv in md.hierarchy.levels:
         c = lv.codes if newdata is None else lv.codes_for(newdata)
         codes[lv.group] = c
@@ -93,7 +93,7 @@ def _pieces(fit, newdata, kind: str, allow_new_levels):
                 eta -= parts[f"{lv.group}|{term}"].to_numpy(dtype=float)
         S = level_covariance(fit, lv)
         v += np.where(integrate, np.einsum("na,ab,nb->n", Z, S, Z), 0.0)
-    return eta, v, parts, codes
+    return eta, v, codes
 
 
 def expected_response(family: str, eta, v) -> np.ndarray:
@@ -115,7 +115,7 @@ def expected_response(family: str, eta, v) -> np.ndarray:
 def predict(fit, newdata=None, type: str = "response", kind: str = "marginal", allow_new_levels=None) -> np.ndarray:
     """``Fit.predict`` for ``kind`` "marginal" or "population" (see the module docstring)."""
     check_kind(kind)
-    eta, v, parts, _ = _pieces(fit, newdata, kind, allow_new_levels)
+    eta, v, _ = _pieces(fit, newdata, kind, allow_new_levels)
     if type == "link":
         return eta
     mu = expected_response(fit.spec.family, eta, v)
@@ -156,8 +156,6 @@ def prediction_interval(fit, newdata=None, type: str = "response", kind: str = "
     new row has weight 1, with a warning (R's "Assuming constant prediction variance even though model fit is
     weighted").
     """
-    from .schema import inverse_link
-
     check_kind(kind)
     if type not in ("response", "count"):
         raise ValueError("a prediction interval is for type 'response' or 'count'")
@@ -168,9 +166,24 @@ def prediction_interval(fit, newdata=None, type: str = "response", kind: str = "
         raise ValueError("nsim must be at least 10")
     family = fit.spec.family
     md = fit._require_model()
-    eta, v, parts, codes = _pieces(fit, newdata, kind, allow_new_levels)
-    rng = np.random.default_rng(seed)
+    eta, v, codes = _pieces(fit, newdata, kind, allow_new_levels)
     n = len(eta)
+    # the family's parameters first (a missing one is an error before any drawing)
+    if weights is not None and family != "gaussian":
+        raise SpecError(f"weights= are Gaussian prior weights; this fit's family is {family!r}")
+    sd = w = trials = k = None
+    if family == "gaussian":
+        sd = _residual_sd(fit)
+        if sd is None:
+            raise SpecError(f"{fit.backend}: no residual SD in this fit, so no prediction interval")
+        w = _prediction_weights(md, newdata, weights, n)
+    elif family == "binomial":
+        trials = np.asarray(md.trials if newdata is None else md.trials_for(newdata), dtype=float)
+    elif family == "negbinomial":
+        k = _nb_size(fit)
+        if k is None:
+            raise SpecError(f"{fit.backend}: no negative binomial size (ran_pars Dispersion theta) in this fit")
+    rng = np.random.default_rng(seed)
     E = np.repeat(eta[None, :], nsim, axis=0) + rng.standard_normal((nsim, n)) * np.sqrt(np.clip(v, 0, None))
     # the seen groups' estimation uncertainty (conditional SDs), where the fit reports them
     if kind != "population":
@@ -190,30 +203,11 @@ def prediction_interval(fit, newdata=None, type: str = "response", kind: str = "
                 s_row = np.where(seen, se[np.maximum(c, 0)], 0.0) * Z[:, j]
                 if np.any(s_row):
                     E += rng.standard_normal((nsim, n)) * s_row[None, :]
-    mu = inverse_link(family, E)
-    trials = None
-    if weights is not None and family != "gaussian":
-        raise SpecError(f"weights= are Gaussian prior weights; this fit's family is {family!r}")
-    if family == "gaussian":
-        sd = _residual_sd(fit)
-        if sd is None:
-            raise SpecError(f"{fit.backend}: no residual SD in this fit, so no prediction interval")
-        w = _prediction_weights(md, newdata, weights, n)
-        Y = mu + rng.standard_normal(mu.shape) * (sd if w is None else sd / np.sqrt(w))
-    elif family == "binomial":
-        trials = np.asarray(md.trials if newdata is None else md.trials_for(newdata), dtype=float)
-        Y = rng.binomial(trials.astype(np.int64)[None, :], np.clip(mu, 0, 1)).astype(float)
-        if type == "response":
-            Y = Y / trials[None, :]
-    elif family == "poisson":
-        Y = rng.poisson(mu).astype(float)
-    elif family == "negbinomial":
-        k = _nb_size(fit)
-        if k is None:
-            raise SpecError(f"{fit.backend}: no negative binomial size (ran_pars Dispersion theta) in this fit")
-        Y = rng.poisson(rng.gamma(k, mu / k)).astype(float)
-    else:  # pragma: no cover - the spec refuses other families
-        raise SpecError(f"no prediction interval for family {family!r}")
+    from .simulate import draw_response  # the one place a fitted family's response is drawn (lazy: import cycle)
+
+    Y = draw_response(family, E, rng, sigma=sd, weights=w, trials=trials, size=k)
+    if family == "binomial" and type == "response":
+        Y = Y / trials[None, :]
     est = expected_response(family, eta, v)
     if family == "binomial" and type == "count":
         est = est * trials

@@ -423,8 +423,9 @@ def draw_response(family: str, eta, rng: np.random.Generator, *, sigma: float | 
     * ``negbinomial``: NB2 with ``size`` (theta; mean ``mu = exp(eta)``, variance ``mu + mu^2 / size``), drawn as
       the gamma-Poisson mixture ``Poisson(Gamma(size, scale = mu / size))``.
 
-    The one place where the bootstrap's designs (:class:`DesignScenario`) and the predictive checks
-    (:mod:`hiercompare.ppc`) draw a response from a fitted model.
+    The one place where the bootstrap's designs (:class:`DesignScenario`), the predictive checks
+    (:mod:`hiercompare.ppc`) and the prediction intervals (:func:`hiercompare.predictions.prediction_interval`)
+    draw a response from a fitted model.
 
     >>> rng = np.random.default_rng(0)
     >>> draw_response("binomial", np.zeros((2, 3)), rng, trials=[1, 5, 10]).max(axis=0) <= [1, 5, 10]

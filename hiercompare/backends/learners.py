@@ -50,7 +50,7 @@ class RandomEffects:
         self.core = mixedcore.from_model_data(md)
         self.theta = self.core.theta0
         self.result: mixedcore.CoreResult | None = None
-        self.base = np.asarray(md.offset, dtype=float) if getattr(md, "offset", None) is not None else np.zeros(md.n)
+        self.base = np.asarray(md.offset, dtype=float)
 
     def update(self, offset: np.ndarray, optimise: bool = True, final: bool = False) -> mixedcore.CoreResult:
         """Set f(x) = ``offset`` (the formula's offset is added) and re-estimate theta (``optimise``) or only beta
@@ -72,19 +72,10 @@ class RandomEffects:
             out = out + np.einsum("nk,nk->n", self.md.Z[lv.group], res.blups[li][lv.codes])
         return out
 
-    def conditional_residual(self, offset: np.ndarray) -> np.ndarray:
-        """y - f - X beta_hat - Z b_hat (- the formula's offset): the negative gradient of the marginal NLL in f
-        (times sigma^2)."""
-        return self.md.y - offset - self.base - self.linear_part()
-
     def newton_target(self, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(target, weight) such that 0.5 sum weight (target - f)^2 has f's gradient of the marginal NLL (times
         sigma^2): the conditional residual's target y - X beta_hat - Z b_hat (- offset), weight 1."""
         return self.md.y - self.base - self.linear_part(), np.ones(self.md.n)
-
-    def held_out_loss(self, eta: np.ndarray, y: np.ndarray, rows: np.ndarray | None = None) -> float:
-        """Mean squared error of held-out responses ``y`` at linear predictors ``eta``."""
-        return float(np.mean((y - eta) ** 2))
 
 
 class _Modes:
@@ -104,7 +95,7 @@ class GlmmRandomEffects:
             raise SpecError(f"GlmmRandomEffects fits {glmmcore.FAMILIES}, not {md.spec.family!r}")
         self.md = md
         self.core = glmmcore.from_model_data(md)
-        self.base = np.asarray(md.offset if md.offset is not None else np.zeros(md.n), dtype=float)
+        self.base = np.asarray(md.offset, dtype=float)
         self.theta = self.core.theta0.copy()
         self.beta: np.ndarray | None = None
         self.knb: float | None = None
@@ -159,8 +150,7 @@ class GlmmRandomEffects:
             g = g - w * (X @ np.linalg.solve(X.T @ (w[:, None] * X), X.T @ g))
         return np.asarray(offset, dtype=float) - g / (2 * w), w
 
-    def held_out_loss(self, eta: np.ndarray, y: np.ndarray, rows: np.ndarray | None = None,
-                      trials: np.ndarray | None = None) -> float:
+    def held_out_loss(self, eta: np.ndarray, y: np.ndarray, trials: np.ndarray | None = None) -> float:
         """Mean deviance (-2 log p per row, constants of y left out) of held-out responses at linear predictors
         ``eta`` (their offsets included), given their groups' modes."""
         m = np.ones(len(y)) if trials is None else np.asarray(trials, dtype=float)
@@ -352,6 +342,12 @@ def cluster_bootstrap(md: ModelData, refit: Callable[[ModelData, int], pd.DataFr
     return boot, {"draws": int(draws), "failed": failed, "first_error": first_error}
 
 
+def _too_many_failed(info: dict) -> bool:
+    """True when the bootstrap (``info`` from :func:`cluster_bootstrap`) gives no intervals: fewer than 20 draws
+    fitted, or more than a fifth of them failed."""
+    return info["draws"] - info["failed"] < 20 or info["failed"] > 0.2 * info["draws"]
+
+
 def bootstrap_table(table: pd.DataFrame, boot: pd.DataFrame, info: dict, level: float = 0.95,
                     ci: str = "basic") -> pd.DataFrame:
     """``table`` (the learner's own fit) with the bootstrap's SEs (SD of the draws) and ``ci`` intervals
@@ -367,7 +363,7 @@ def bootstrap_table(table: pd.DataFrame, boot: pd.DataFrame, info: dict, level: 
     ok = out["effect"].isin(["fixed", "ran_pars"])
     out.loc[ok, ["std_error", "conf_low", "conf_high", "df", "p_value"]] = np.nan
     out.loc[ok, "interval"] = ""
-    if info["draws"] - info["failed"] < 20 or info["failed"] > 0.2 * info["draws"]:
+    if _too_many_failed(info):
         return out
     a = (1 - level) / 2
     for i in np.flatnonzero(ok.to_numpy()):
@@ -414,7 +410,7 @@ def finish_table(table: pd.DataFrame, intervals: str, md: ModelData, refit: Call
             f"{G} {md.hierarchy.levels[0].group} groups ({info['draws'] - info['failed']} of {info['draws']} draws "
             "fitted; f(x) re-learned in every draw with the rounds / epochs chosen on the data; SE = SD of the "
             f"draws, 95% {ci} intervals); the group effects' intervals stay conditional on f(x) (labelled)")
-    if info["failed"] > 0.2 * info["draws"] or info["draws"] - info["failed"] < 20:
+    if _too_many_failed(info):
         note += f"; too many draws failed ({info['failed']}, first: {info['first_error']}): no intervals"
     return out, [note], {"intervals": intervals, "bootstrap": {**info, "ci": ci}}, {"bootstrap_draws": boot}
 

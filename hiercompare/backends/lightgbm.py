@@ -153,8 +153,9 @@ def _boost(md: ModelData, feats, params, rounds, method, refit_every, valid_data
     curve: list[float] = []
     callbacks = []
     valid_sets = []
-    feval = None
-    if valid_data is not None:
+    if valid_data is None:
+        feval = None
+    else:
         # validation rows belong to known groups: predict them with the current fit's beta and BLUPs
         Xv = md.fixed_matrix(valid_data)
         Zv, codes = [], []
@@ -163,8 +164,7 @@ def _boost(md: ModelData, feats, params, rounds, method, refit_every, valid_data
             codes.append(lv.codes_for(valid_data))
         vset = lgb.Dataset(learners.feature_matrix(md, valid_data, feats), label=valid_y, reference=train)
         valid_sets = [vset]
-        v_off = (full.offset[valid_rows] if full is not None and full.offset is not None
-                 else md.offset_for(valid_data))
+        v_off = full.offset[valid_rows] if full is not None else md.offset_for(valid_data)
         v_trials = (full.trials[valid_rows] if full is not None and full.trials is not None
                     else md.trials_for(valid_data))
         gaussian = md.spec.family == "gaussian"

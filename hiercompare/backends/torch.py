@@ -331,7 +331,7 @@ class TorchBackend(Backend):
             tr, va = np.flatnonzero(~mask), np.flatnonzero(mask)
             md_tr = subset(md, tr)  # DataError (e.g. a categorical level only in the validation rows): skipped
             val = _ValidationSet(md_tr, md.data.loc[va].reset_index(drop=True), md.y[va], feats,
-                                 offset=md.offset[va] if md.offset is not None else None,
+                                 offset=md.offset[va],
                                  trials=md.trials[va] if md.trials is not None else None)
             with _seeded(seed_used), _threads(threads):
                 curve[:] = _train_lmmnn(md_tr, feats, int(epochs), cfg, val=val)[2]
@@ -345,7 +345,8 @@ class TorchBackend(Backend):
                                                            validate, refit)
         notes += [skipped] if skipped else []
         notes.append(fn.center(bool(orthogonalize)))
-        res = re.update(fn(md.data), optimise=True, final=True)
+        f_all = fn(md.data)  # the centred f(x) on every row (the network evaluated once)
+        res = re.update(f_all, optimise=True, final=True)
         gaussian = md.spec.family == "gaussian"
         stopped_early = bool(curve) and curve[-1][0] < int(epochs)
         diagnostics = {
@@ -361,7 +362,7 @@ class TorchBackend(Backend):
             "batch_size": bs, "refit_every": refit_every, "patience": patience, "threads": threads,
             "optimizer": res.optimizer,
         }
-        eta = fn(md.data) + re.linear_part(res) + re.base
+        eta = f_all + re.linear_part(res) + re.base
         if gaussian:
             diagnostics["training_rmse"] = float(np.sqrt(np.mean((md.y - eta) ** 2)))
         else:
@@ -484,11 +485,10 @@ def _train_lmmnn(md: ModelData, feats, n_epochs: int, cfg: dict, val: _Validatio
         else:
             # the permutation is drawn on the CPU (torch's seeded generator) whatever the device
             perm = torch.randperm(md.n).to(device)
-            Fp, tp = Ft[perm], target[perm]
-            wp = None if weight is None else weight[perm]
             bounds = np.linspace(0, md.n, n_batches + 1).round().astype(int)
-            batches = ((net(Fp[a:b])[:, 0] * y_scale, tp[a:b], None if wp is None else wp[a:b])
-                       for a, b in zip(bounds[:-1], bounds[1:]))
+            # each batch gathers its own rows (the same values as slicing a permuted copy, without the copy)
+            batches = ((net(Ft[idx])[:, 0] * y_scale, target[idx], None if weight is None else weight[idx])
+                       for idx in (perm[a:b] for a, b in zip(bounds[:-1], bounds[1:])))
         for gb, tb, wb in batches:
             sq = (tb - gb) ** 2
             loss = 0.5 * torch.mean(sq if wb is None else wb * sq)

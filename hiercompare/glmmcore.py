@@ -35,12 +35,8 @@ import numpy as np
 from scipy import optimize, sparse
 from scipy.special import gammaln
 
-from .mixedcore import LevelLayout, lambdas_from, theta_layout
-
-try:  # BLAS on one thread while fitting (every matrix here is tiny): mixedcore's helper, where it has one
-    from .mixedcore import _one_blas_thread
-except ImportError:  # pragma: no cover - mixedcore reorganised
-    from contextlib import nullcontext as _one_blas_thread
+# _one_blas_thread: BLAS on one thread while fitting (every matrix here is tiny), as mixedcore does
+from .mixedcore import LevelLayout, _one_blas_thread, lambdas_from, theta_layout
 
 FAMILIES = ("binomial", "poisson", "negbinomial")
 FAMILY_CODE = {"binomial": 0, "poisson": 1, "negbinomial": 2}

@@ -72,7 +72,7 @@ import pandas as pd
 
 from .errors import DataError, HierCompareError, SpecError
 from .results import DISPERSION, RESIDUAL, THETA, Fit
-from .simulate import draw_response
+from .schema import draw_response
 
 ALPHA = 0.05
 """A group is flagged when its predictive p-value is below this."""

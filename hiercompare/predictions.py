@@ -203,7 +203,7 @@ def prediction_interval(fit, newdata=None, type: str = "response", kind: str = "
                 s_row = np.where(seen, se[np.maximum(c, 0)], 0.0) * Z[:, j]
                 if np.any(s_row):
                     E += rng.standard_normal((nsim, n)) * s_row[None, :]
-    from .simulate import draw_response  # the one place a fitted family's response is drawn (lazy: import cycle)
+    from .schema import draw_response  # the one place a fitted family's response is drawn
 
     Y = draw_response(family, E, rng, sigma=sd, weights=w, trials=trials, size=k)
     if family == "binomial" and type == "response":

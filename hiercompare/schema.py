@@ -1,12 +1,13 @@
 """What results.py and predictions.py share, in a module that imports neither (no import cycle): the Fit
-schema's fixed group names, the inverse links, and the check of group labels unseen in fitting."""
+schema's fixed group names, the inverse links, the draw of a response from a fitted family, and the check of group
+labels unseen in fitting."""
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
 
-from .errors import DataError, UnseenLevelsWarning
+from .errors import DataError, SpecError, UnseenLevelsWarning
 
 RESIDUAL = "Residual"
 # the negative binomial's (NB2) dispersion: one ran_pars row, group DISPERSION, term THETA, var = mu + mu^2 / theta
@@ -69,5 +70,46 @@ def inverse_link(family: str, eta):
     raise ValueError(f"no inverse link for family {family!r}")
 
 
+def draw_response(family: str, eta, rng: np.random.Generator, *, sigma: float | None = None, weights=None,
+                  trials=None, size: float | None = None) -> np.ndarray:
+    """Responses drawn from a fitted family at the linear predictor ``eta`` (offsets already in it), any shape
+    whose last axis is the rows.
+
+    * ``gaussian``: ``eta + e``, ``e ~ N(0, sigma^2 / w)`` with the rows' prior ``weights`` ``w`` (lme4/lm
+      semantics; all 1 when None);
+    * ``binomial``: successes out of each row's ``trials`` (1 when None: a 0/1 response) at the inverse logit;
+    * ``poisson``: ``Poisson(exp(eta))`` (an exposure offset is in ``eta``, so it scales the mean);
+    * ``negbinomial``: NB2 with ``size`` (theta; mean ``mu = exp(eta)``, variance ``mu + mu^2 / size``), drawn as
+      the gamma-Poisson mixture ``Poisson(Gamma(size, scale = mu / size))``.
+
+    The one place where the bootstrap's designs (:class:`~hiercompare.simulate.DesignScenario`), the predictive checks
+    (:mod:`hiercompare.ppc`) and the prediction intervals (:func:`hiercompare.predictions.prediction_interval`)
+    draw a response from a fitted model.
+
+    >>> rng = np.random.default_rng(0)
+    >>> draw_response("binomial", np.zeros((2, 3)), rng, trials=[1, 5, 10]).max(axis=0) <= [1, 5, 10]
+    array([ True,  True,  True])
+    """
+    eta = np.asarray(eta, dtype=float)
+    mu = inverse_link(family, eta)
+    if family == "gaussian":
+        if sigma is None or not np.isfinite(sigma) or sigma < 0:
+            raise SpecError(f"a gaussian response needs a residual SD >= 0, got {sigma!r}")
+        scale = float(sigma) if weights is None else float(sigma) / np.sqrt(np.asarray(weights, dtype=float))
+        return mu + rng.standard_normal(mu.shape) * scale
+    if family == "binomial":
+        n = np.ones(mu.shape[-1], dtype=np.int64) if trials is None else np.asarray(trials, dtype=float)
+        if np.any(n != np.round(n)) or np.any(n < 0):
+            raise SpecError("binomial trials must be non-negative whole numbers")
+        return rng.binomial(n.astype(np.int64), np.clip(mu, 0.0, 1.0)).astype(float)
+    if family == "poisson":
+        return rng.poisson(mu).astype(float)
+    if family == "negbinomial":
+        if size is None or not np.isfinite(size) or size <= 0:
+            raise SpecError(f"a negative binomial response needs its size (theta > 0), got {size!r}")
+        return rng.poisson(rng.gamma(float(size), mu / float(size))).astype(float)
+    raise SpecError(f"no response can be drawn for family {family!r}")
+
+
 __all__ = ["RESIDUAL", "DISPERSION", "THETA", "INTERVAL_ORDINARY", "INTERVAL_CONDITIONAL", "INTERVAL_BOOTSTRAP",
-           "INTERVAL_KINDS", "check_unseen", "inverse_link"]
+           "INTERVAL_KINDS", "check_unseen", "inverse_link", "draw_response"]

@@ -25,6 +25,7 @@ import pandas as pd
 
 from .errors import SpecError
 from .results import DISPERSION, RESIDUAL, THETA, Truth, cor_term, sd_term, tidy_frame
+from .schema import draw_response  # noqa: F401 - also hiercompare.simulate.draw_response, as before
 from .spec import FAMILIES, INTERCEPT
 
 Size = int | tuple[int, int]
@@ -411,49 +412,6 @@ def _truth_table(sc: Scenario, labels, effects, noise_sd) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------------- responses
-def draw_response(family: str, eta, rng: np.random.Generator, *, sigma: float | None = None, weights=None,
-                  trials=None, size: float | None = None) -> np.ndarray:
-    """Responses drawn from a fitted family at the linear predictor ``eta`` (offsets already in it), any shape
-    whose last axis is the rows.
-
-    * ``gaussian``: ``eta + e``, ``e ~ N(0, sigma^2 / w)`` with the rows' prior ``weights`` ``w`` (lme4/lm
-      semantics; all 1 when None);
-    * ``binomial``: successes out of each row's ``trials`` (1 when None: a 0/1 response) at the inverse logit;
-    * ``poisson``: ``Poisson(exp(eta))`` (an exposure offset is in ``eta``, so it scales the mean);
-    * ``negbinomial``: NB2 with ``size`` (theta; mean ``mu = exp(eta)``, variance ``mu + mu^2 / size``), drawn as
-      the gamma-Poisson mixture ``Poisson(Gamma(size, scale = mu / size))``.
-
-    The one place where the bootstrap's designs (:class:`DesignScenario`), the predictive checks
-    (:mod:`hiercompare.ppc`) and the prediction intervals (:func:`hiercompare.predictions.prediction_interval`)
-    draw a response from a fitted model.
-
-    >>> rng = np.random.default_rng(0)
-    >>> draw_response("binomial", np.zeros((2, 3)), rng, trials=[1, 5, 10]).max(axis=0) <= [1, 5, 10]
-    array([ True,  True,  True])
-    """
-    from .schema import inverse_link
-
-    eta = np.asarray(eta, dtype=float)
-    mu = inverse_link(family, eta)
-    if family == "gaussian":
-        if sigma is None or not np.isfinite(sigma) or sigma < 0:
-            raise SpecError(f"a gaussian response needs a residual SD >= 0, got {sigma!r}")
-        scale = float(sigma) if weights is None else float(sigma) / np.sqrt(np.asarray(weights, dtype=float))
-        return mu + rng.standard_normal(mu.shape) * scale
-    if family == "binomial":
-        n = np.ones(mu.shape[-1], dtype=np.int64) if trials is None else np.asarray(trials, dtype=float)
-        if np.any(n != np.round(n)) or np.any(n < 0):
-            raise SpecError("binomial trials must be non-negative whole numbers")
-        return rng.binomial(n.astype(np.int64), np.clip(mu, 0.0, 1.0)).astype(float)
-    if family == "poisson":
-        return rng.poisson(mu).astype(float)
-    if family == "negbinomial":
-        if size is None or not np.isfinite(size) or size <= 0:
-            raise SpecError(f"a negative binomial response needs its size (theta > 0), got {size!r}")
-        return rng.poisson(rng.gamma(float(size), mu / float(size))).astype(float)
-    raise SpecError(f"no response can be drawn for family {family!r}")
-
-
 # ---------------------------------------------------------------------------------------------------- designs
 def _plain(v):
     """A JSON-safe Python scalar (numpy scalars -> int/float/str)."""

@@ -24,6 +24,9 @@ INTERVAL_ORDINARY = ""
 INTERVAL_CONDITIONAL = "conditional_on_f"
 INTERVAL_BOOTSTRAP = "cluster_bootstrap"
 INTERVAL_KINDS = (INTERVAL_ORDINARY, INTERVAL_CONDITIONAL, INTERVAL_BOOTSTRAP)
+#: How reports name each kind (the study, demo and compare reports)
+INTERVAL_TEXT = {INTERVAL_ORDINARY: "", INTERVAL_CONDITIONAL: "conditional on f(x)",
+                 INTERVAL_BOOTSTRAP: "cluster bootstrap"}
 
 
 
@@ -112,4 +115,4 @@ def draw_response(family: str, eta, rng: np.random.Generator, *, sigma: float | 
 
 
 __all__ = ["RESIDUAL", "DISPERSION", "THETA", "INTERVAL_ORDINARY", "INTERVAL_CONDITIONAL", "INTERVAL_BOOTSTRAP",
-           "INTERVAL_KINDS", "check_unseen", "inverse_link", "draw_response"]
+           "INTERVAL_KINDS", "INTERVAL_TEXT", "check_unseen", "inverse_link", "draw_response"]

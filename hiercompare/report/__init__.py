@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..results import convergence_text
+from ..schema import INTERVAL_TEXT
 from ..spec import INTERCEPT
 from . import plots
 
@@ -134,10 +135,9 @@ def render_demo(results: dict) -> str:
         for b in backends:
             s = fx[(fx["backend"] == b) & (fx["term"] == t)]
             row[b] = "" if s.empty else f"{_fmt(s['estimate'].iloc[0])} [{_fmt(s['conf_low'].iloc[0])}, {_fmt(s['conf_high'].iloc[0])}]"
-            if not s.empty and "interval" in s and s["interval"].iloc[0] == "conditional_on_f":
-                row[b] += " conditional on f(x)"  # the learners' Wald interval treats the learned f as known
-            elif not s.empty and "interval" in s and s["interval"].iloc[0] == "cluster_bootstrap":
-                row[b] += " cluster bootstrap"
+            kind = s["interval"].iloc[0] if not s.empty and "interval" in s else ""
+            if INTERVAL_TEXT.get(kind):  # e.g. the learners' Wald interval treats the learned f as known
+                row[b] += " " + INTERVAL_TEXT[kind]
         fixed_rows.append(row)
     fixed_cols = ["term", "truth"] + backends
 

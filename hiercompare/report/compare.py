@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..results import NOT_ASSESSED
+from ..schema import INTERVAL_TEXT
 from . import _fmt
 
 # table name -> (columns shown, text columns); columns absent from a table are skipped
@@ -76,7 +77,7 @@ def _estimate_cell(rows: pd.DataFrame) -> str:
           if pd.notna(r.get("conf_low")) and pd.notna(r.get("conf_high")) else "")
     kind = r.get("interval")
     if ci and isinstance(kind, str) and kind:
-        ci += " " + {"conditional_on_f": "conditional on f(x)", "cluster_bootstrap": "cluster bootstrap"}.get(kind, kind)
+        ci += " " + INTERVAL_TEXT.get(kind, kind)
     return f"{_fmt(r['estimate'])}{ci}"
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 
 from ..errors import HierCompareError
 from ..results import NOT_ASSESSED
+from ..schema import INTERVAL_TEXT  # how the recovery table names an interval kind
 from ..spec import INTERCEPT
 from . import _fmt, plots
 
@@ -30,8 +31,6 @@ PAIRS = [("ols", "r_lm"), ("mixedlm", "lme4"), ("native", "lme4")]
 #: Backends preferred for the hierarchy diagram, in order (else the first backend with group effects).
 LIGHTGBM_BACKENDS = ("lightgbm", "lightgbm-cat")
 TABLES_DIR = "report_tables"
-#: How the recovery table names an interval kind (the tidy frame's ``interval`` column).
-INTERVAL_TEXT = {"": "", "conditional_on_f": "conditional on f(x)", "cluster_bootstrap": "cluster bootstrap"}
 #: Prefix of a conditional cell's modse and coverage in the recovery table.
 CONDITIONAL_PREFIX = "conditional on f(x): "
 
